@@ -1,0 +1,215 @@
+"""Per-key state resident on the device.
+
+One tensor per field with one row per key: rows are allocated from a free list, capacity grows by
+doubling (no per-key allocation), and when the number of resident keys would exceed ``max_keys``
+the least recently seen keys that the current batch does not touch are evicted and counted.
+``snapshot()`` turns any subset of keys into bytes and ``restore()`` puts them back exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One per-key field: its shape per row, dtype and the value a fresh row starts with."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    init: float = 0.0
+
+
+class StateStore:
+    """Rows of per-key state on one device, with a key → row map and LRU eviction.
+
+    >>> store = StateStore({"h": FieldSpec((2,), torch.float32)}, max_keys=2, initial_capacity=1)
+    >>> store.rows(["a", "b"]).tolist()
+    [0, 1]
+    >>> store.rows(["c"]).tolist()  # "a" is the least recently seen: evicted, its row reused
+    [0]
+    >>> store.evicted_total, len(store)
+    (1, 2)
+    """
+
+    def __init__(
+        self,
+        fields: dict[str, FieldSpec],
+        *,
+        max_keys: int,
+        initial_capacity: int = 1024,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be >= 1, got {max_keys}")
+        self.specs = dict(fields)
+        self.max_keys = max_keys
+        self.device = torch.device(device)
+        self.capacity = max(1, min(initial_capacity, max_keys))
+        self.tensors: dict[str, Tensor] = {
+            name: self._fresh(spec, self.capacity) for name, spec in self.specs.items()
+        }
+        self.key_to_row: dict[str, int] = {}
+        self.row_keys: list[str | None] = [None] * self.capacity
+        self.free: list[int] = list(range(self.capacity - 1, -1, -1))  # pop() gives row 0 first
+        self.last_seen = np.zeros(self.capacity, dtype=np.int64)  # host-side LRU clock per row
+        self.clock = 0
+        self.evicted_total = 0
+
+    def _fresh(self, spec: FieldSpec, n: int) -> Tensor:
+        return torch.full((n, *spec.shape), spec.init, dtype=spec.dtype, device=self.device)
+
+    def __len__(self) -> int:
+        return len(self.key_to_row)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.key_to_row
+
+    def keys(self) -> list[str]:
+        return list(self.key_to_row)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the device tensors (allocated capacity, not just resident keys)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes one key occupies across all fields."""
+        return sum(
+            int(np.prod(s.shape, dtype=np.int64)) * torch.empty((), dtype=s.dtype).element_size()
+            for s in self.specs.values()
+        )
+
+    def _grow(self, needed: int) -> None:
+        new_cap = self.capacity
+        while new_cap < needed:
+            new_cap *= 2
+        new_cap = min(new_cap, self.max_keys)
+        if new_cap <= self.capacity:
+            return
+        for name, spec in self.specs.items():
+            t = self._fresh(spec, new_cap)
+            t[: self.capacity] = self.tensors[name]
+            self.tensors[name] = t
+        self.row_keys.extend([None] * (new_cap - self.capacity))
+        self.free = list(range(new_cap - 1, self.capacity - 1, -1)) + self.free
+        self.last_seen = np.concatenate(
+            [self.last_seen, np.zeros(new_cap - self.capacity, dtype=np.int64)]
+        )
+        log.debug("state capacity %d -> %d rows", self.capacity, new_cap)
+        self.capacity = new_cap
+
+    def _evict(self, n: int, protected: set[int]) -> None:
+        live = np.fromiter(self.key_to_row.values(), dtype=np.int64, count=len(self.key_to_row))
+        if protected:
+            live = live[~np.isin(live, np.fromiter(protected, dtype=np.int64))]
+        if len(live) < n:
+            raise ValueError(
+                f"a batch touches more distinct keys than state.max_keys allows ({self.max_keys})"
+            )
+        order = np.argpartition(self.last_seen[live], n - 1)[:n] if n < len(live) else np.arange(len(live))
+        victims = live[order]
+        for row in victims.tolist():
+            key = self.row_keys[row]
+            assert key is not None
+            del self.key_to_row[key]
+            self.row_keys[row] = None
+            self.free.append(row)
+        self.evicted_total += len(victims)
+        log.debug("evicted %d idle keys", len(victims))
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """Rows for ``keys`` (one per entry, repeats allowed); new keys get fresh rows.
+
+        Marks every key as just seen. Output: (N,) int64.
+        """
+        self.clock += 1
+        get = self.key_to_row.get
+        rows = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        missing = np.nonzero(rows < 0)[0]
+        if len(missing):
+            new_keys = list(dict.fromkeys(keys[i] for i in missing.tolist()))
+            self._allocate(new_keys, protected=set(rows[rows >= 0].tolist()))
+            rows[missing] = [self.key_to_row[keys[i]] for i in missing.tolist()]
+        self.last_seen[rows] = self.clock
+        return rows
+
+    def _allocate(self, new_keys: list[str], protected: set[int]) -> None:
+        need = len(self.key_to_row) + len(new_keys)
+        if need > self.capacity:
+            self._grow(need)
+        over = len(self.key_to_row) + len(new_keys) - self.max_keys
+        if over > 0:
+            self._evict(over, protected)
+        fresh = [self.free.pop() for _ in new_keys]
+        for key, row in zip(new_keys, fresh, strict=True):
+            self.key_to_row[key] = row
+            self.row_keys[row] = key
+        self.reset_rows(np.asarray(fresh, dtype=np.int64))
+
+    def reset_rows(self, rows: np.ndarray) -> None:
+        idx = torch.as_tensor(rows, device=self.device)
+        for name, spec in self.specs.items():
+            self.tensors[name][idx] = spec.init
+
+    def drop(self, keys: Iterable[str]) -> int:
+        """Forget keys (a revoked partition's, say). Returns how many were resident."""
+        n = 0
+        for key in keys:
+            row = self.key_to_row.pop(key, None)
+            if row is None:
+                continue
+            self.row_keys[row] = None
+            self.free.append(row)
+            n += 1
+        return n
+
+    def snapshot(self, keys: Iterable[str] | None = None, extra: dict | None = None) -> bytes:
+        """Bytes holding the given keys' rows (all resident keys by default) and ``extra``."""
+        chosen = list(self.key_to_row) if keys is None else [k for k in keys if k in self.key_to_row]
+        idx = torch.as_tensor([self.key_to_row[k] for k in chosen], dtype=torch.int64, device=self.device)
+        payload = {
+            "format": SNAPSHOT_FORMAT,
+            "keys": chosen,
+            "fields": {name: t[idx].cpu() for name, t in self.tensors.items()},
+            "extra": extra or {},
+        }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return buf.getvalue()
+
+    def restore(self, data: bytes) -> dict:
+        """Load a snapshot's keys (replacing those keys' rows); returns the snapshot's ``extra``."""
+        payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        if payload.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format must be {SNAPSHOT_FORMAT}, got {payload.get('format')!r}")
+        keys: list[str] = payload["keys"]
+        fields: dict[str, Tensor] = payload["fields"]
+        if set(fields) != set(self.specs):
+            raise ValueError(
+                f"snapshot fields must be {sorted(self.specs)}, got {sorted(fields)}"
+            )
+        for name, spec in self.specs.items():
+            t = fields[name]
+            if tuple(t.shape[1:]) != spec.shape or t.dtype != spec.dtype:
+                raise ValueError(
+                    f"snapshot field {name} must have rows of shape {spec.shape} and dtype {spec.dtype}, "
+                    f"got {tuple(t.shape[1:])} {t.dtype}"
+                )
+        if keys:
+            rows = torch.as_tensor(self.rows(keys), device=self.device)
+            for name in self.specs:
+                self.tensors[name][rows] = fields[name].to(self.device)
+        return payload.get("extra", {})
