@@ -149,6 +149,46 @@ class InputConfig:
     late_events: LatePolicy = "score"
 
 
+OffsetReset = Literal["earliest", "latest"]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The Kafka detector daemon (`streamrnn run`)."""
+
+    bootstrap_servers: tuple[str, ...] = ("localhost:9092",)
+    # Topics to consume; or a regular expression in topic_pattern (one of the two is required to run).
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = None
+    group: str = "streamrnn"
+    # Model directory written by `streamrnn train` (required to run).
+    model: str | None = None
+    alerts_topic: str = "streamrnn.alerts"
+    dlq_topic: str = "streamrnn.dlq"
+    # Every event's score, when set.
+    scores_topic: str | None = None
+    # Local directory for per-partition checkpoints.
+    state_dir: str = "state"
+    # Optional compacted Kafka topic holding checkpoints, so state follows a partition to another host.
+    state_topic: str | None = None
+    checkpoint_interval_s: float = _rule(30.0, lambda x: x > 0, "must be > 0")
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = _rule(9108, lambda x: 0 <= x <= 65535, "must be a port in [0, 65535]")
+    max_poll_records: int = _rule(5000, _pos, "must be an integer >= 1")
+    poll_timeout_ms: int = _rule(200, _pos, "must be an integer >= 1")
+    # kafka-python's rebalance timeout is max_poll_interval_ms: a group's first join waits for it.
+    max_poll_interval_ms: int = _rule(300_000, lambda x: x >= 1000, "must be an integer >= 1000")
+    session_timeout_ms: int = _rule(10_000, lambda x: x >= 1000, "must be an integer >= 1000")
+    heartbeat_interval_ms: int = _rule(3000, _pos, "must be an integer >= 1")
+    auto_offset_reset: OffsetReset = "earliest"
+    # Bound on a graceful shutdown (finish the batch, flush, commit, checkpoint).
+    shutdown_timeout_s: float = _rule(30.0, lambda x: x > 0, "must be > 0")
+    # How often to look for a changed model directory (0 = only on SIGHUP).
+    model_poll_interval_s: float = _rule(10.0, _nonneg, "must be >= 0")
+    # Longest pause between retries while the broker is unreachable.
+    retry_backoff_max_s: float = _rule(30.0, lambda x: x > 0, "must be > 0")
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -157,6 +197,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     state: StateConfig = field(default_factory=StateConfig)
     input: InputConfig = field(default_factory=InputConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
