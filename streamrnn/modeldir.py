@@ -1,0 +1,226 @@
+"""The model directory: what training writes and replay / the service load.
+
+Layout::
+
+    MODEL_DIR/
+      weights.pt          the forecaster's state_dict (loadable with torch.load(weights_only=True))
+      config.yaml         the resolved configuration the model was trained with
+      model.json          version id, creation time, architecture, feature names, training metrics
+      normalization.json  the online normaliser's settings and the training data's mean/std
+
+The version id is ``<cell>-<12 hex>``: the cell type and a short sha256 over the weights file's
+bytes and the config text, so the same weights trained with the same config get the same id.
+``model.json`` also records the sha256 of ``weights.pt``; loading checks it, so weights that do
+not belong to the rest of the directory are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .config import Config, ConfigError, dump_config, load_config
+from .features import N_CALENDAR, STD_ABS_FLOOR, STD_REL_FLOOR
+from .model import Forecaster
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS = "weights.pt"
+CONFIG = "config.yaml"
+INFO = "model.json"
+NORMALIZATION = "normalization.json"
+FORMAT = 1
+
+
+@dataclass
+class LoadedModel:
+    """A forecaster ready for inference, with what it was trained with."""
+
+    model: Forecaster
+    config: Config
+    version: str
+    feature_names: tuple[str, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N`` as a torch device."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"state.device: cuda requested but no CUDA device is available, got {name!r}"
+            )
+        if name != "cuda" and int(name[5:]) >= torch.cuda.device_count():
+            raise ValueError(
+                f"state.device: only {torch.cuda.device_count()} CUDA device(s) available, got {name!r}"
+            )
+        return torch.device(name)
+    raise ValueError(f"state.device: must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def _weights_bytes(model: Forecaster) -> bytes:
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _json_safe(x: Any) -> Any:
+    """Non-finite floats become null (JSON has no NaN); tuples become lists."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def save_model(
+    out_dir: str | Path,
+    model: Forecaster,
+    config: Config,
+    *,
+    feature_names: Sequence[str],
+    metrics: Mapping[str, Any],
+    data_summary: Mapping[str, Any],
+) -> str:
+    """Write the model directory (created when missing; our files replaced). Returns the version id.
+
+    ``data_summary`` is stored in model.json under ``data``; its ``feature_mean`` and
+    ``feature_std`` (feature name -> number) go to normalization.json for reference.
+    """
+    names = tuple(feature_names)
+    if len(names) != model.n_values:
+        raise ValueError(
+            f"feature_names: the model predicts {model.n_values} feature(s), got {list(names)}"
+        )
+    if model.cell_type != config.model.cell or model.hidden_size != config.model.hidden_size:
+        raise ValueError(
+            f"model ({model.cell_type}, hidden {model.hidden_size}) does not match config.model "
+            f"({config.model.cell}, hidden {config.model.hidden_size})"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = _weights_bytes(model)
+    config_text = dump_config(config)
+    digest = hashlib.sha256(weights + b"\0" + config_text.encode()).hexdigest()
+    version = f"{config.model.cell}-{digest[:12]}"
+    info = {
+        "format": FORMAT,
+        "version": version,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "streamrnn_version": __version__,
+        "cell": config.model.cell,
+        "hidden_size": config.model.hidden_size,
+        "num_layers": config.model.num_layers,
+        "feature_names": list(names),
+        "n_extra": N_CALENDAR if config.model.calendar else 0,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "metrics": dict(metrics),
+        "data": dict(data_summary),
+    }
+    means = data_summary.get("feature_mean") or {}
+    stds = data_summary.get("feature_std") or {}
+    norm = {
+        "method": "online",
+        "warmup": config.features.normalizer_warmup,
+        "horizon": config.features.normalizer_horizon,
+        "clip": config.features.clip,
+        "std_floor": {"relative": STD_REL_FLOOR, "absolute": STD_ABS_FLOOR},
+        "training_data": {n: {"mean": means.get(n), "std": stds.get(n)} for n in names},
+    }
+    _write(out / WEIGHTS, weights)
+    _write(out / CONFIG, config_text.encode())
+    _write(out / NORMALIZATION, (json.dumps(_json_safe(norm), indent=2) + "\n").encode())
+    _write(out / INFO, (json.dumps(_json_safe(info), indent=2) + "\n").encode())
+    logger.info("saved model %s to %s", version, out)
+    return version
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory written by :func:`save_model`; the model is in eval mode on ``device``."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ValueError(f"model directory {str(d)!r}: not found")
+    for name in (WEIGHTS, CONFIG, INFO):
+        if not (d / name).is_file():
+            raise ValueError(f"model directory {str(d)!r}: missing {name}")
+    dev = resolve_device(device)
+
+    try:
+        config = load_config(d / CONFIG)
+    except ConfigError as e:
+        raise ConfigError(f"{d / CONFIG}: {e}") from e
+
+    try:
+        info = json.loads((d / INFO).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{d / INFO}: corrupt model.json ({e})") from e
+    if not isinstance(info, dict):
+        raise ValueError(f"{d / INFO}: corrupt model.json (must be an object)")
+    names = info.get("feature_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"{d / INFO}: feature_names must be a non-empty list of strings, got {names!r}"
+        )
+    version = info.get("version")
+    if not isinstance(version, str) or not version:
+        raise ValueError(f"{d / INFO}: version must be a non-empty string, got {version!r}")
+    for key, want in (
+        ("cell", config.model.cell),
+        ("hidden_size", config.model.hidden_size),
+        ("num_layers", config.model.num_layers),
+    ):
+        if key in info and info[key] != want:
+            raise ValueError(
+                f"{d}: model.json says {key}={info[key]!r} but config.yaml says {want!r}"
+            )
+
+    raw = (d / WEIGHTS).read_bytes()
+    want_sha = info.get("weights_sha256")
+    if want_sha is not None and hashlib.sha256(raw).hexdigest() != want_sha:
+        raise ValueError(f"{d / WEIGHTS}: corrupt or replaced (sha256 does not match model.json)")
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged archive
+        raise ValueError(f"{d / WEIGHTS}: corrupt weights file ({e})") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{d / WEIGHTS}: corrupt weights file (not a state_dict)")
+
+    n_extra = N_CALENDAR if config.model.calendar else 0
+    model = Forecaster(config.model, n_values=len(names), n_extra=n_extra)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{d / WEIGHTS}: weights do not fit the configured model ({e})") from e
+    model.to(dev).eval()
+    logger.info("loaded model %s from %s on %s", version, d, dev)
+    return LoadedModel(
+        model=model, config=config, version=version, feature_names=tuple(names), info=info
+    )
