@@ -1,0 +1,1 @@
+"""The long-lived service: Kafka consumer loop, codec, dead letters, alerts, checkpoints, metrics."""

@@ -1,0 +1,502 @@
+"""Prometheus metrics of the service, all built in one place, and the HTTP endpoint serving them.
+
+Every metric is registered on the ``CollectorRegistry`` handed to :class:`Metrics` (never on the
+global registry), so tests and several services in one process do not collide. Labels are kept to
+small, bounded sets: no label ever carries a key. Labelled children for the known label values are
+created up front so that dashboards and alerts see zeros instead of missing series.
+
+:func:`start_http` serves ``/metrics`` (Prometheus text or OpenMetrics, by the ``Accept``
+header), ``/healthz`` (liveness) and ``/readyz`` (readiness) from a daemon thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+__all__ = [
+    "ANOMALY_SCORE_BUCKETS",
+    "BATCH_DURATION_BUCKETS",
+    "CHECKPOINT_OUTCOMES",
+    "EVENT_LAG_BUCKETS",
+    "EVENT_OUTCOMES",
+    "RELOAD_OUTCOMES",
+    "REJECT_REASONS",
+    "Metrics",
+    "MetricsServer",
+    "observe_many",
+    "start_http",
+]
+
+log = logging.getLogger(__name__)
+
+#: Why an event went to the dead-letter topic instead of the model.
+REJECT_REASONS: tuple[str, ...] = (
+    "not_json",
+    "missing_key",
+    "missing_value",
+    "non_numeric_value",
+    "bad_timestamp",
+    "wrong_shape",
+    "late_event",
+    "non_finite_value",
+)
+EVENT_OUTCOMES: tuple[str, ...] = ("processed", "rejected")
+CHECKPOINT_OUTCOMES: tuple[str, ...] = ("ok", "error")
+RELOAD_OUTCOMES: tuple[str, ...] = ("ok", "refused", "error")
+
+#: Seconds one poll-decode-score-publish batch takes: 1 ms .. 10 s.
+BATCH_DURATION_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+#: Seconds from an event's own timestamp to its score: 10 ms .. 1 h.
+EVENT_LAG_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+#: Calibrated scores live in [0, 1]; the buckets are dense near 1 to resolve the extreme tail.
+ANOMALY_SCORE_BUCKETS: tuple[float, ...] = (
+    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 0.9999, 1.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """Every metric the service exports, registered on ``registry``.
+
+    ``reasons`` are the dead-letter reasons (label values of ``streamrnn_rejected_total``);
+    ``topics`` are source topics known up front (``streamrnn_anomalies_total`` children are
+    created for them; other topics get a child on their first anomaly). ``clock`` is the wall
+    clock (seconds since the epoch), replaceable in tests.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        reasons: Sequence[str] = REJECT_REASONS,
+        topics: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if isinstance(reasons, str):
+            raise TypeError("reasons must be a sequence of strings, not a string")
+        self.registry = registry
+        self.reasons: tuple[str, ...] = tuple(dict.fromkeys(reasons))
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._started_at = clock()
+        self._last_checkpoint_at: float | None = None
+        self._model_labels: tuple[str, str, str, str] | None = None
+        self._partitions: set[tuple[str, str]] = set()
+        r = registry
+
+        # --- events -------------------------------------------------------------------------
+        self.events = Counter(
+            "streamrnn_events_total",
+            "Events consumed from the source topics, by outcome: processed (scored by the model) "
+            "or rejected (sent to the dead-letter topic).",
+            ["outcome"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "streamrnn_rejected_total",
+            "Events sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.anomalies = Counter(
+            "streamrnn_anomalies_total",
+            "Events flagged as anomalous, by source topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.imputed_values = Counter(
+            "streamrnn_imputed_values_total",
+            "Missing feature values replaced by the key's own prediction before the model step.",
+            registry=r,
+        )
+        self.alerts_published = Counter(
+            "streamrnn_alerts_published_total",
+            "Alert messages published to the alerts topic.",
+            registry=r,
+        )
+        self.broker_errors = Counter(
+            "streamrnn_broker_errors_total",
+            "Errors talking to the Kafka broker (poll, produce, commit, metadata).",
+            registry=r,
+        )
+
+        # --- latency ------------------------------------------------------------------------
+        self.batch_duration = Histogram(
+            "streamrnn_batch_duration_seconds",
+            "Wall-clock seconds to decode, score and publish one polled batch.",
+            buckets=BATCH_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "streamrnn_event_lag_seconds",
+            "Seconds from an event's own timestamp to the moment it was scored.",
+            buckets=EVENT_LAG_BUCKETS,
+            registry=r,
+        )
+        self.last_batch_timestamp = Gauge(
+            "streamrnn_last_batch_timestamp_seconds",
+            "Unix time at which the last batch finished.",
+            registry=r,
+        )
+
+        # --- consumer -----------------------------------------------------------------------
+        self.consumer_lag = Gauge(
+            "streamrnn_consumer_lag",
+            "Messages between the committed position and the end of each assigned partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.assigned_partitions = Gauge(
+            "streamrnn_assigned_partitions",
+            "Partitions currently assigned to this consumer by the group.",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "streamrnn_ready",
+            "1 when the service is ready (model loaded, state restored, consuming), else 0.",
+            registry=r,
+        )
+
+        # --- state --------------------------------------------------------------------------
+        self.active_keys = Gauge(
+            "streamrnn_active_keys",
+            "Keys whose state is resident in the state store.",
+            registry=r,
+        )
+        self.state_bytes = Gauge(
+            "streamrnn_state_bytes",
+            "Bytes of per-key state held by the state store (hidden states and statistics).",
+            registry=r,
+        )
+        self.evicted_keys = Counter(
+            "streamrnn_evicted_keys_total",
+            "Keys evicted from the state store (least recently seen) to stay under max_keys.",
+            registry=r,
+        )
+        self.checkpoint_age = Gauge(
+            "streamrnn_checkpoint_age_seconds",
+            "Seconds since the last successful checkpoint (since start-up before the first one).",
+            registry=r,
+        )
+        self.checkpoint_age.set_function(self._checkpoint_age)
+        self.checkpoints = Counter(
+            "streamrnn_checkpoints_total",
+            "Checkpoints of the state store, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+
+        # --- scores and model ---------------------------------------------------------------
+        self.anomaly_score = Histogram(
+            "streamrnn_anomaly_score",
+            "Calibrated anomaly score in [0, 1] of every scored event.",
+            buckets=ANOMALY_SCORE_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "streamrnn_model_info",
+            "The model being served: always 1, the labels carry version, cell type, hidden size "
+            "and device.",
+            ["version", "cell", "hidden", "device"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "streamrnn_model_reloads_total",
+            "Model reload attempts, by outcome: ok, refused (incompatible with the state), error.",
+            ["outcome"],
+            registry=r,
+        )
+
+        # Children for the known label values, so every series exists from the first scrape.
+        for outcome in EVENT_OUTCOMES:
+            self.events.labels(outcome=outcome)
+        for reason in self.reasons:
+            self.rejected.labels(reason=reason)
+        for topic in dict.fromkeys(topics):
+            self.anomalies.labels(topic=topic)
+        for outcome in CHECKPOINT_OUTCOMES:
+            self.checkpoints.labels(outcome=outcome)
+        for outcome in RELOAD_OUTCOMES:
+            self.model_reloads.labels(outcome=outcome)
+        self.ready.set(0)
+
+    # ------------------------------------------------------------------------------------------
+    # Convenience updates; the attributes above stay public for anything else.
+
+    def processed(self, n: int = 1) -> None:
+        """``n`` events were scored by the model."""
+        if n:
+            self.events.labels(outcome="processed").inc(n)
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        """``n`` events went to the dead-letter topic for ``reason`` (one of ``self.reasons``)."""
+        if reason not in self.reasons:
+            raise ValueError(f"unknown reject reason {reason!r}; known: {', '.join(self.reasons)}")
+        if n:
+            self.events.labels(outcome="rejected").inc(n)
+            self.rejected.labels(reason=reason).inc(n)
+
+    def anomaly(self, topic: str, n: int = 1) -> None:
+        """``n`` events from source ``topic`` were flagged."""
+        self.anomalies.labels(topic=topic).inc(n)
+
+    def batch_done(self, seconds: float, at: float | None = None) -> None:
+        """A batch took ``seconds`` and finished at ``at`` (default: now)."""
+        self.batch_duration.observe(seconds)
+        self.last_batch_timestamp.set(self._clock() if at is None else at)
+
+    def observe_scores(self, scores: ArrayLike) -> int:
+        """Add a batch of anomaly scores to the score histogram; non-finite ones are skipped."""
+        return observe_many(self.anomaly_score, scores)
+
+    def observe_event_lags(self, seconds: ArrayLike) -> int:
+        """Add a batch of event lags (negative ones, from clocks ahead of ours, count as 0)."""
+        return observe_many(self.event_lag, seconds, floor=0.0)
+
+    def set_consumer_lag(self, topic: str, partition: int | str, lag: float) -> None:
+        with self._lock:
+            self._partitions.add((topic, str(partition)))
+        self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    def set_assignment(self, partitions: Sequence[tuple[str, int | str]]) -> None:
+        """The group assigned these ``(topic, partition)`` pairs; lag series of others go away."""
+        wanted = {(t, str(p)) for t, p in partitions}
+        with self._lock:
+            gone = self._partitions - wanted
+            self._partitions = set(wanted)
+        for topic, partition in gone:
+            with contextlib.suppress(KeyError):
+                self.consumer_lag.remove(topic, partition)
+        for topic, partition in wanted:
+            self.consumer_lag.labels(topic=topic, partition=partition)
+        self.assigned_partitions.set(len(wanted))
+
+    def set_state(self, active_keys: int, state_bytes: int) -> None:
+        self.active_keys.set(active_keys)
+        self.state_bytes.set(state_bytes)
+
+    def checkpoint(self, ok: bool, at: float | None = None) -> None:
+        """A checkpoint finished; a successful one resets ``streamrnn_checkpoint_age_seconds``."""
+        self.checkpoints.labels(outcome="ok" if ok else "error").inc()
+        if ok:
+            with self._lock:
+                self._last_checkpoint_at = self._clock() if at is None else at
+
+    def model_reload(self, outcome: str) -> None:
+        if outcome not in RELOAD_OUTCOMES:
+            raise ValueError(f"unknown reload outcome {outcome!r}; known: {RELOAD_OUTCOMES}")
+        self.model_reloads.labels(outcome=outcome).inc()
+
+    def set_model(self, version: str, cell: str, hidden: int | str, device: str) -> None:
+        """Publish the model being served; the previous model's label set is removed."""
+        labels = (str(version), str(cell), str(hidden), str(device))
+        with self._lock:
+            previous, self._model_labels = self._model_labels, labels
+        if previous is not None and previous != labels:
+            with contextlib.suppress(KeyError):
+                self.model_info.remove(*previous)
+        self.model_info.labels(*labels).set(1)
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready.set(1 if ready else 0)
+
+    def _checkpoint_age(self) -> float:
+        with self._lock:
+            since = self._last_checkpoint_at
+        if since is None:
+            since = self._started_at
+        return max(0.0, self._clock() - since)
+
+
+def observe_many(histogram: Histogram, values: ArrayLike, *, floor: float | None = None) -> int:
+    """Observe a whole array in one pass (one increment per bucket, not per value).
+
+    Equivalent to ``histogram.observe(v)`` for every finite ``v`` (clipped below at ``floor``);
+    returns how many were observed. Uses the client's bucket counters directly and falls back to
+    one ``observe`` per value if this prometheus_client version lays them out differently.
+    """
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    arr = arr[np.isfinite(arr)]
+    if floor is not None:
+        arr = np.maximum(arr, floor)
+    if arr.size == 0:
+        return 0
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(buckets) != len(bounds):
+        for v in arr.tolist():
+            histogram.observe(v)
+        return int(arr.size)
+    # Buckets are stored non-cumulatively: a value lands in the first bound >= it (le semantics);
+    # the last bound is +Inf, so every finite value lands somewhere.
+    index = np.searchsorted(np.asarray(bounds, dtype=np.float64), arr, side="left")
+    counts = np.bincount(index, minlength=len(bounds))
+    total.inc(float(arr.sum()))
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
+    return int(arr.size)
+
+
+# ----------------------------------------------------------------------------------------------
+# HTTP endpoint
+
+Probe = Callable[[], Any]
+
+
+def _probe(check: Probe, what: str) -> tuple[bool, str]:
+    """Run a health or readiness check: it returns a bool, or ``(bool, reason)``."""
+    try:
+        result = check()
+    except Exception as e:  # a failing check is a failed probe, not a crashed endpoint
+        log.warning("%s check raised", what, exc_info=True)
+        return False, f"{what} check failed: {type(e).__name__}"
+    reason = ""
+    if isinstance(result, tuple):
+        result, reason = result[0], str(result[1]) if len(result) > 1 else ""
+    if result:
+        return True, "ok"
+    return False, reason or f"not {what}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self._respond(head=False)
+
+    def do_HEAD(self) -> None:
+        self._respond(head=True)
+
+    def _respond(self, *, head: bool) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        srv = self.server
+        if path == "/metrics":
+            try:
+                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                body = encoder(srv.registry)
+            except Exception:
+                log.exception("collecting metrics failed")
+                self._text(500, "collecting metrics failed", head)
+                return
+            self._send(200, body, content_type, head)
+        elif path == "/healthz":
+            ok, text = _probe(srv.health, "healthy")
+            self._text(200 if ok else 503, text, head)
+        elif path == "/readyz":
+            ok, text = _probe(srv.ready, "ready")
+            self._text(200 if ok else 503, text, head)
+        elif path == "/":
+            self._text(200, "streamrnn: /metrics /healthz /readyz", head)
+        else:
+            self._text(404, "not found", head)
+
+    def _text(self, status: int, text: str, head: bool) -> None:
+        self._send(status, (text + "\n").encode(), "text/plain; charset=utf-8", head)
+
+    def _send(self, status: int, body: bytes, content_type: str, head: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base class signature
+        log.debug("%s - %s", self.address_string(), format % args)
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """``/metrics``, ``/healthz`` and ``/readyz`` served from a daemon thread.
+
+    Start one with :meth:`start_http` (or the module-level :func:`start_http`); ``port=0``
+    picks a free port, readable as ``server.server_port``. :meth:`shutdown` stops it.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        health: Probe,
+        ready: Probe,
+    ) -> None:
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        self.registry = registry
+        self.health = health
+        self.ready = ready
+        self._thread: threading.Thread | None = None
+        super().__init__((host, port), _Handler)
+
+    @classmethod
+    def start_http(
+        cls,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        health: Probe,
+        ready: Probe,
+    ) -> MetricsServer:
+        server = cls(registry, host, port, health, ready)
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"metrics-http-{server.server_port}",
+            daemon=True,
+        )
+        server._thread = thread
+        thread.start()
+        log.info("metrics and health endpoints on http://%s:%d/", host, server.server_port)
+        return server
+
+    def shutdown(self) -> None:
+        """Stop serving, close the socket and wait for the serving thread."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            super().shutdown()
+            thread.join(timeout=5)
+        self._thread = None
+        self.server_close()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def start_http(
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    health: Probe,
+    ready: Probe,
+) -> MetricsServer:
+    """Serve ``registry`` on ``http://host:port/metrics`` plus ``/healthz`` and ``/readyz``.
+
+    ``health`` and ``ready`` return a bool (or ``(bool, reason)``); a false one answers
+    503 with a short reason, an exception answers 503 too.
+    """
+    return MetricsServer.start_http(registry, host, port, health, ready)
