@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("streamrnn.evaluate", "NAB and event-level scores of replay results against labels"),
     "check-config": ("streamrnn.checkconfig", "validate a config file and print it resolved"),
     "broker": ("streamrnn.broker", "run the embedded Kafka-compatible broker in the foreground"),
+    "run": ("streamrnn.service.cli", "the Kafka detector daemon: score streams, publish alerts"),
 }
 
 EPILOG = """\

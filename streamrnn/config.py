@@ -102,7 +102,7 @@ class ScoringConfig:
     # Events after an alert during which the same key is not flagged again.
     cooldown: int = _rule(50, _nonneg, "must be an integer >= 0")
     # Surprise is capped so one wild event cannot poison the long-run statistics.
-    max_surprise: float = _rule(20.0, lambda x: x > 0, "must be > 0")
+    max_surprise: float = _rule(30.0, lambda x: x > 0, "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ class Engine:
         hidden = st["hidden"][r]  # (n, L, S, H)
         norm = st["norm"][r]  # (n, 3, F)
         pred = st["pred"][r]  # (n, 2, F)
-        sc_state = st["scorer"][r]  # (n, 4)
+        sc_state = st["scorer"][r]  # (n, 5)
         steps = st["steps"][r]  # (n,)
         last_alert = st["last_alert"][r]  # (n,)
         last_ts = st["last_ts"][r]  # (n,)
@@ -201,12 +201,14 @@ class Engine:
         score = torch.where(steps >= cfg.scoring.warmup, score, torch.zeros_like(score))  # (n,)
         flag = scoring.flag(score, steps, last_alert, cfg.scoring) & active  # (n,)
         learn = active & ~flag  # (n,)
-        new_sc = scoring.update(sc_state, short, learn & has_pred, cfg.scoring)  # (n, 4)
+        new_sc = scoring.update(sc_state, s, short, learn & has_pred, cfg.scoring)  # (n, 5)
         new_norm = update_normalizer(norm, x, cfg.features.normalizer_horizon, learn)  # (n, 3, F)
 
         missing = torch.isnan(z)  # (n, F)
         self._imputed += (missing & active.unsqueeze(1)).sum()
-        z_in = torch.where(missing, mu, z)  # (n, F)
+        # A flagged event reaches the hidden state as the key's own prediction, like a missing value:
+        # one wild reading must not throw the next predictions off (nor become normal).
+        z_in = torch.where(missing | flag.unsqueeze(1), mu, z)  # (n, F)
         inp = torch.cat([z_in, cal], dim=1) if cal is not None else z_in  # (n, I)
         mu1, sigma1, hidden1 = self.model.step(inp, hidden)  # (n, F), (n, F), (n, L, S, H)
 

@@ -8,11 +8,16 @@ Three stages, all vectorised over the keys of a wave, with O(1) state per key:
    exponential with mean 1 whatever the key's scale or noise; it is capped at ``max_surprise``.
 2. **Smoothing.** An exponential moving average over ``short_horizon`` events.
 3. **Calibration per key** (after HTM's anomaly likelihood, Ahmad et al. 2017, and the idea of
-   Merlion's calibrator: map each key's scores onto a common distribution). The smoothed surprise
-   is compared with the key's own long-run exponentially weighted mean and variance of it
-   (``long_horizon`` events); the likelihood is ``L = Phi((short - mean) / std)``, and the score
-   is ``-log10(1 - L) / 10`` clipped to [0, 1], so 0.3 means a one-in-a-thousand deviation for
-   that key, 0.5 one in 1e5, and six decimals keep resolution where it matters.
+   Merlion's calibrator: map each key's scores onto a common distribution). Two views, and the
+   score is the larger:
+   - *sustained*: the smoothed surprise is compared with the key's own long-run exponentially
+     weighted mean and variance of it (``long_horizon`` events); the tail probability is
+     ``q = 1 - Phi((short - mean) / std)``;
+   - *instant*: one event's surprise, rescaled by the key's long-run mean surprise ``m`` (an
+     over-confident forecaster for that key has m > 1), read as an exponential tail
+     ``q = exp(-s / m)``, so a single wild reading is scored at once rather than one step late.
+   The score is ``-log10(q) / 10`` clipped to [0, 1]: 0.3 means a one-in-a-thousand deviation
+   for that key, 0.5 one in 1e5, and six decimals keep resolution where it matters.
 
 A key is flagged when its score is at or above ``threshold``, it has seen at least ``warmup``
 events, and it has not been flagged in the last ``cooldown`` events. Flagged events do not update
@@ -29,13 +34,15 @@ from torch import Tensor
 from .config import ScoringConfig
 
 # Per-key scorer state columns.
-SHORT, LONG_MEAN, LONG_VAR, COUNT = range(4)
-N_SCORER = 4
+SHORT, LONG_MEAN, LONG_VAR, COUNT, RAW_MEAN = range(5)
+N_SCORER = 5
 
 _LOG2 = math.log(2.0)
 _LN10 = math.log(10.0)
 # Variance floor for the long-run statistics: a key whose surprise never varies is not infinitely sure.
 _MIN_LONG_VAR = 0.01
+# Floor on a key's mean surprise when rescaling the instant view (a calibrated forecaster has 1).
+_MIN_RAW_MEAN = 0.5
 
 
 def surprise(z: Tensor, mu: Tensor, sigma: Tensor, cap: float) -> Tensor:
@@ -52,21 +59,23 @@ def surprise(z: Tensor, mu: Tensor, sigma: Tensor, cap: float) -> Tensor:
 
 
 def score(stats: Tensor, s: Tensor, cfg: ScoringConfig) -> tuple[Tensor, Tensor]:
-    """Smooth and calibrate. Inputs: stats (B, 4), s (B,). Outputs: score (B,), short (B,)."""
+    """Smooth and calibrate. Inputs: stats (B, N_SCORER), s (B,). Outputs: score (B,), short (B,)."""
     count = stats[:, COUNT]  # (B,)
     a_short = 1.0 / cfg.short_horizon
     short = torch.where(count > 0, stats[:, SHORT] + a_short * (s - stats[:, SHORT]), s)  # (B,)
     std = torch.sqrt(torch.clamp(stats[:, LONG_VAR], min=_MIN_LONG_VAR))  # (B,)
     zs = (short - stats[:, LONG_MEAN]) / std  # (B,)
     # -log10(1 - Phi(zs)) / 10 = -log_ndtr(-zs) / (10 ln 10)
-    sc = torch.clamp(-torch.special.log_ndtr(-zs) / (10.0 * _LN10), 0.0, 1.0)  # (B,)
+    sustained = -torch.special.log_ndtr(-zs) / (10.0 * _LN10)  # (B,)
+    instant = s / torch.clamp(stats[:, RAW_MEAN], min=_MIN_RAW_MEAN) / (10.0 * _LN10)  # (B,)
+    sc = torch.clamp(torch.maximum(sustained, instant), 0.0, 1.0)  # (B,)
     return torch.where(count > 1, sc, torch.zeros_like(sc)), short
 
 
-def update(stats: Tensor, short: Tensor, learn: Tensor, cfg: ScoringConfig) -> Tensor:
+def update(stats: Tensor, s: Tensor, short: Tensor, learn: Tensor, cfg: ScoringConfig) -> Tensor:
     """Long-run statistics after this event; unchanged where ``learn`` is false (flagged events).
 
-    Inputs: stats (B, 4), short (B,), learn (B,) bool. Output: (B, 4).
+    Inputs: stats (B, N_SCORER), s and short (B,), learn (B,) bool. Output: (B, N_SCORER).
     """
     count = stats[:, COUNT]  # (B,)
     n1 = count + 1.0  # (B,)
@@ -74,9 +83,10 @@ def update(stats: Tensor, short: Tensor, learn: Tensor, cfg: ScoringConfig) -> T
     delta = short - stats[:, LONG_MEAN]  # (B,)
     mean = stats[:, LONG_MEAN] + a * delta  # (B,)
     var = (1.0 - a) * (stats[:, LONG_VAR] + a * delta * delta)  # (B,)
-    new = torch.stack([short, mean, var, n1], dim=1)  # (B, 4)
+    raw_mean = torch.where(count > 0, stats[:, RAW_MEAN] + a * (s - stats[:, RAW_MEAN]), s)  # (B,)
+    new = torch.stack([short, mean, var, n1, raw_mean], dim=1)  # (B, 5)
     # The short average always follows the data; the long-run statistics skip flagged events.
-    kept = torch.stack([short, stats[:, LONG_MEAN], stats[:, LONG_VAR], count], dim=1)  # (B, 4)
+    kept = torch.stack([short, stats[:, LONG_MEAN], stats[:, LONG_VAR], count, stats[:, RAW_MEAN]], dim=1)  # (B, 5)
     return torch.where(learn.unsqueeze(1), new, kept)
 
 

@@ -1,0 +1,889 @@
+"""The Kafka detector daemon: consume, score, alert, commit, checkpoint.
+
+One poll, in order (see ``docs/design.md``):
+
+1. ``poll(max_poll_records)``, decode (:mod:`.codec`); malformed records go to the dead-letter
+   topic with their original key and bytes and the reason in headers.
+2. ``Engine.process``: every key's events stepped in arrival order; with
+   ``input.late_events: drop`` the late ones go to the dead-letter topic (``late_event``).
+3. One alert per flagged event to ``service.alerts_topic`` (and every event to
+   ``service.scores_topic`` when set), keyed by the event key, identified by ``source``.
+4. ``flush`` until the broker acknowledged every message (acks=all; failed sends are retried with
+   exponential backoff), and only then commit the batch's offsets: nothing is lost.
+5. Every ``checkpoint_interval_s``, on revocation and on shutdown, each assigned partition's keys
+   are checkpointed with the offset after the last event their state includes
+   (:mod:`.checkpoint`).
+
+On assignment a partition's checkpoint is restored and the partition is sought to its offset, so
+the state equals an uninterrupted run's: a ``kill -9`` at any moment loses no event and changes
+no score (events after the checkpoint are processed again and their alerts published again;
+consumers dedupe on ``source``). A partition without a checkpoint starts from its committed offset
+(else ``auto_offset_reset``) with fresh state, and gets an empty checkpoint at once so a crash
+before the first periodic checkpoint cannot skip events.
+
+Which config applies: the model directory's ``model`` and ``features`` sections (the network and
+the normaliser it was trained with); ``scoring``, ``state``, ``input`` and ``service`` from the
+service's own config.
+
+Each key is expected to stay on one partition (Kafka's key partitioning does that); a key seen on
+another partition moves there with a warning, and is checkpointed with its latest partition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from ..config import Config, ConfigError, dump_config
+from ..engine import Engine
+from ..modeldir import INFO, LoadedModel, load_model, resolve_device
+from .checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    KafkaCheckpoints,
+    LocalCheckpoints,
+    encode,
+    offsets_key,
+)
+from .codec import Batch, Decoder, dlq_headers, event_messages, iso_times
+from .metrics import Metrics, MetricsServer, start_http
+
+__all__ = ["Detector", "validate_service_config"]
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+LAG_INTERVAL_S = 5.0  # consumer lag is refreshed at most this often
+HEALTH_MIN_S = 30.0  # /healthz fails when the loop has not iterated for max(this, max_poll_interval)
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _topic_ok(key: str, value: str | None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not _TOPIC_RE.match(value) or value in (".", ".."):
+        raise ConfigError(
+            f"{key}: must be a topic name (1-249 of A-Z a-z 0-9 . _ -), got {value!r}"
+        )
+
+
+def validate_service_config(config: Config) -> None:
+    """Checks of the ``service`` section that need no broker and no model; raises ConfigError."""
+    svc = config.service
+    if not svc.topics and not svc.topic_pattern:
+        raise ConfigError(
+            "service.topics: one of service.topics or service.topic_pattern is required to run, "
+            f"got topics {list(svc.topics)} and topic_pattern null"
+        )
+    if svc.topics and svc.topic_pattern:
+        raise ConfigError(
+            "service.topic_pattern: must be null when service.topics is set (use one of the two), "
+            f"got {svc.topic_pattern!r} with topics {list(svc.topics)}"
+        )
+    for t in svc.topics:
+        _topic_ok("service.topics", t)
+    pattern = None
+    if svc.topic_pattern:
+        try:
+            pattern = re.compile(svc.topic_pattern)
+        except re.error as e:
+            raise ConfigError(
+                f"service.topic_pattern: must be a regular expression ({e}), got {svc.topic_pattern!r}"
+            ) from None
+    if not svc.model:
+        raise ConfigError(
+            "service.model: a model directory written by `streamrnn train` is required to run, "
+            f"got {svc.model!r}"
+        )
+    if not svc.bootstrap_servers or not all(s.strip() for s in svc.bootstrap_servers):
+        raise ConfigError(
+            f"service.bootstrap_servers: must list host:port addresses, got {list(svc.bootstrap_servers)}"
+        )
+    if not svc.group.strip():
+        raise ConfigError(f"service.group: must not be empty, got {svc.group!r}")
+    if svc.heartbeat_interval_ms >= svc.session_timeout_ms:
+        raise ConfigError(
+            "service.heartbeat_interval_ms: must be below service.session_timeout_ms "
+            f"({svc.session_timeout_ms}), got {svc.heartbeat_interval_ms}"
+        )
+    outputs = {
+        "service.alerts_topic": svc.alerts_topic,
+        "service.dlq_topic": svc.dlq_topic,
+        "service.scores_topic": svc.scores_topic,
+        "service.state_topic": svc.state_topic,
+    }
+    for key, topic in outputs.items():
+        _topic_ok(key, topic, optional=key in ("service.scores_topic", "service.state_topic"))
+        if topic is None:
+            continue
+        if topic in svc.topics or (pattern is not None and pattern.fullmatch(topic)):
+            raise ConfigError(f"{key}: must not be a source topic (it would loop), got {topic!r}")
+
+
+@dataclass
+class _Partition:
+    """What the service knows of one assigned partition."""
+
+    offset: int | None = None  # after the last event the state includes; None until restored
+    restored: bool = False
+    dirty: bool = False  # events since the last checkpoint
+    unsafe: bool = False  # outputs of a batch were never acknowledged: never checkpoint again
+    keys: set[str] = field(default_factory=set)
+
+
+class _Backoff:
+    """Exponential backoff: 0.1 s doubling up to ``cap`` seconds."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+        self.delay = 0.0
+
+    def next(self) -> float:
+        self.delay = min(self.cap, max(0.1, self.delay * 2))
+        return self.delay
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+
+class Detector:
+    """The daemon: ``Detector(config).run()`` until :meth:`stop` (or SIGTERM / SIGINT).
+
+    The constructor validates the config, loads the model and checks the state directory; it
+    raises :class:`ConfigError` naming the key, the rule and the value. ``registry`` receives the
+    metrics (a fresh one by default). ``run`` serves ``/metrics``, ``/healthz`` and ``/readyz`` on
+    ``service.metrics_host:metrics_port`` and returns the exit status.
+    """
+
+    def __init__(self, config: Config, *, registry: CollectorRegistry | None = None) -> None:
+        validate_service_config(config)
+        svc = config.service
+        try:
+            self.device = resolve_device(config.state.device)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        loaded = self._load(svc.model or "")
+        names = tuple(config.input.features) or loaded.feature_names
+        if len(names) != len(loaded.feature_names):
+            raise ConfigError(
+                f"input.features: must name the model's {len(loaded.feature_names)} feature(s) "
+                f"({', '.join(loaded.feature_names)}) in order, got {list(config.input.features)}"
+            )
+        self.local = LocalCheckpoints(svc.state_dir, svc.group)
+        try:
+            self.local.check_writable()
+        except OSError as e:
+            raise ConfigError(
+                f"service.state_dir: must be a writable directory ({e.strerror or e}), got {svc.state_dir!r}"
+            ) from None
+        self.config = dataclasses.replace(
+            loaded.config,
+            scoring=config.scoring,
+            state=config.state,
+            input=config.input,
+            service=config.service,
+        )
+        self.svc = svc
+        self.engine = Engine(loaded.model, self.config, device=self.device, model_version=loaded.version)
+        self.decoder = Decoder(config.input, loaded.feature_names)
+        self.feature_names = names
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry, topics=svc.topics)
+        self._set_model_metric(loaded)
+        self.store = CheckpointStore(self.local)
+        self._model_sig = self._model_signature()
+        self._stop = threading.Event()
+        self._reload_requested = threading.Event()
+        self._parts: dict[TP, _Partition] = {}
+        self._pending: set[TP] = set()
+        self._key_tp: dict[str, TP] = {}
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._http: MetricsServer | None = None
+        self._last_tick = time.monotonic()
+        self._imputed_seen = self.engine.imputed_total
+        self._evicted_seen = self.engine.store.evicted_total
+        self.late_total = 0
+        self.moved_keys_total = 0
+        self._ran = False
+        self._crashed = False  # no checkpoint may be written any more (state may be mid-batch)
+
+    # ------------------------------------------------------------------------------------------
+    # Start-up
+
+    def _load(self, model_dir: str) -> LoadedModel:
+        try:
+            return load_model(model_dir, self.device)
+        except ConfigError as e:
+            raise ConfigError(f"service.model: {e}") from None
+        except (ValueError, OSError) as e:
+            raise ConfigError(
+                f"service.model: must be a model directory written by `streamrnn train` ({e}), "
+                f"got {model_dir!r}"
+            ) from None
+
+    def _set_model_metric(self, loaded: LoadedModel) -> None:
+        m = loaded.config.model
+        self.metrics.set_model(loaded.version, m.cell, m.hidden_size, str(self.device))
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` is served on (known once :meth:`run` started the endpoint)."""
+        return self._http.server_port if self._http is not None else None
+
+    def _connect(self) -> bool:
+        """Producer, topics, consumer and subscription, retried while the broker is away.
+
+        Returns False when :meth:`stop` was called first."""
+        from kafka import KafkaConsumer, KafkaProducer
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+        svc = self.svc
+        detector = self
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                detector._on_revoked(revoked)
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                detector._on_assigned(assigned)
+
+            def on_partitions_lost(self, lost: Any) -> None:
+                detector._on_lost(lost)
+
+        backoff = _Backoff(svc.retry_backoff_max_s)
+        while not self._stop.is_set():
+            self._last_tick = time.monotonic()
+            try:
+                self._producer = KafkaProducer(
+                    bootstrap_servers=list(svc.bootstrap_servers),
+                    client_id=f"streamrnn-{svc.group}",
+                    acks="all",
+                    linger_ms=5,
+                    max_block_ms=10_000,
+                    bootstrap_timeout_ms=10_000,
+                )
+                self._ensure_topics()
+                if svc.state_topic:
+                    kafka_store = KafkaCheckpoints(
+                        svc.bootstrap_servers, svc.state_topic, svc.group, self._producer
+                    )
+                    kafka_store.ensure_topic()
+                    self.store = CheckpointStore(self.local, kafka_store)
+                self._consumer = KafkaConsumer(
+                    bootstrap_servers=list(svc.bootstrap_servers),
+                    client_id=f"streamrnn-{svc.group}",
+                    group_id=svc.group,
+                    enable_auto_commit=False,
+                    auto_offset_reset=svc.auto_offset_reset,
+                    max_poll_records=svc.max_poll_records,
+                    max_poll_interval_ms=svc.max_poll_interval_ms,
+                    session_timeout_ms=svc.session_timeout_ms,
+                    heartbeat_interval_ms=svc.heartbeat_interval_ms,
+                    bootstrap_timeout_ms=10_000,
+                )
+                if svc.topics:
+                    self._consumer.subscribe(topics=list(svc.topics), listener=Listener())
+                else:
+                    self._consumer.subscribe(pattern=svc.topic_pattern, listener=Listener())
+                log.info(
+                    "connected to %s; consuming %s as group %s",
+                    ",".join(svc.bootstrap_servers),
+                    list(svc.topics) or f"/{svc.topic_pattern}/",
+                    svc.group,
+                )
+                return True
+            except Exception as e:  # kafka errors of every kind while connecting: retried
+                self.metrics.broker_errors.inc()
+                self._close_clients(timeout_s=1.0)
+                delay = backoff.next()
+                log.warning("cannot connect to Kafka at %s: %s; retrying in %.1f s",
+                            ",".join(svc.bootstrap_servers), e, delay)  # fmt: skip
+                self._stop.wait(delay)
+        return False
+
+    def _ensure_topics(self) -> None:
+        """Create the output topics that do not exist (broker-default partitions)."""
+        from kafka import KafkaAdminClient
+
+        svc = self.svc
+        wanted = [t for t in (svc.alerts_topic, svc.dlq_topic, svc.scores_topic) if t]
+        admin = KafkaAdminClient(bootstrap_servers=list(svc.bootstrap_servers), bootstrap_timeout_ms=10_000)
+        try:
+            existing = set(admin.list_topics())
+            missing = [t for t in wanted if t not in existing]
+            if not missing:
+                return
+            result = admin.create_topics(
+                {t: {"num_partitions": -1, "replication_factor": -1} for t in missing},
+                raise_errors=False,
+            )
+            for t in result.get("topics", []):
+                code = t.get("error_code", 0)
+                if code in (0, 36):
+                    log.info("output topic %s ready", t.get("name"))
+                else:
+                    log.warning("could not create output topic %s: error %s %s",
+                                t.get("name"), code, t.get("error_message"))  # fmt: skip
+        finally:
+            admin.close()
+
+    # ------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, flush, commit, checkpoint and leave the group."""
+        self._stop.set()
+
+    def reload_model(self) -> None:
+        """Ask the loop to reload the model directory (what SIGHUP does)."""
+        self._reload_requested.set()
+
+    def run(self) -> int:
+        """Serve until :meth:`stop`; returns 0 after a clean shutdown, 1 when outputs of the last
+        batch could not be acknowledged (the next start processes them again) or on a crash."""
+        if self._ran:
+            raise RuntimeError("Detector.run() can be called once; make a new Detector")
+        self._ran = True
+        self._log_config()
+        restore_signals = self._install_signals()
+        try:
+            try:
+                self._http = start_http(
+                    self.registry, self.svc.metrics_host, self.svc.metrics_port, self._healthy, self._ready
+                )
+            except OSError as e:
+                raise ConfigError(
+                    f"service.metrics_port: must be free to listen on {self.svc.metrics_host} "
+                    f"({e.strerror or e}), got {self.svc.metrics_port}"
+                ) from None
+            if not self._connect():
+                return 0
+            try:
+                self._loop()
+            except Exception:
+                self._crashed = True
+                log.exception("the detector loop crashed; leaving without a final checkpoint")
+                self._close_clients(timeout_s=5.0)
+                return 1
+            return self._shutdown()
+        finally:
+            restore_signals()
+            self.metrics.set_ready(False)
+            if self._http is not None:
+                self._http.shutdown()
+
+    def _log_config(self) -> None:
+        log.info(
+            "streamrnn detector starting: model %s (%s, %s) on %s; resolved config:\n%s",
+            self.engine.model_version,
+            self.svc.model,
+            ", ".join(self.feature_names),
+            self.device,
+            dump_config(self.config).rstrip(),
+        )
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def on_stop(signum: int, _frame: Any) -> None:
+            log.info("received %s: finishing the batch and stopping (Ctrl+C again to force)",
+                     signal.Signals(signum).name)  # fmt: skip
+            self.stop()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        def on_hup(_signum: int, _frame: Any) -> None:
+            log.info("received SIGHUP: reloading the model")
+            self.reload_model()
+
+        wanted: dict[int, Any] = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop}
+        if hasattr(signal, "SIGHUP"):
+            wanted[signal.SIGHUP] = on_hup
+        previous = {s: signal.signal(s, h) for s, h in wanted.items()}
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
+
+    def _healthy(self) -> tuple[bool, str]:
+        limit = max(HEALTH_MIN_S, self.svc.max_poll_interval_ms / 1000.0)
+        idle = time.monotonic() - self._last_tick
+        if idle > limit:
+            return False, f"the loop has not iterated for {idle:.0f} s (limit {limit:.0f} s)"
+        return True, "ok"
+
+    def _ready(self) -> tuple[bool, str]:
+        if self._stop.is_set():
+            return False, "stopping"
+        if self._consumer is None:
+            return False, "not connected to Kafka"
+        if not self._parts:
+            return False, "no partitions assigned"
+        if self._pending:
+            return False, f"restoring the state of {len(self._pending)} partition(s)"
+        return True, "ok"
+
+    def _update_ready(self) -> None:
+        self.metrics.set_ready(self._ready()[0])
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+
+    def _loop(self) -> None:
+        from kafka.errors import KafkaError
+
+        backoff = _Backoff(self.svc.retry_backoff_max_s)
+        next_checkpoint = time.monotonic() + self.svc.checkpoint_interval_s
+        next_lag = 0.0
+        next_model_check = time.monotonic() + self.svc.model_poll_interval_s
+        while not self._stop.is_set():
+            self._last_tick = now = time.monotonic()
+            try:
+                if self._pending:
+                    self._restore_pending()
+                if self._reload_requested.is_set() or (
+                    self.svc.model_poll_interval_s and now >= next_model_check
+                ):
+                    next_model_check = now + self.svc.model_poll_interval_s
+                    self._maybe_reload(forced=self._reload_requested.is_set())
+                records = self._consumer.poll(
+                    timeout_ms=self.svc.poll_timeout_ms, max_records=self.svc.max_poll_records
+                )
+                if records and not self._process(records):
+                    return  # outputs never acknowledged while stopping: leave without committing
+                now = time.monotonic()
+                if now >= next_checkpoint:
+                    next_checkpoint = now + self.svc.checkpoint_interval_s
+                    self._checkpoint(list(self._parts))
+                if now >= next_lag:
+                    next_lag = now + LAG_INTERVAL_S
+                    self._update_lag()
+                backoff.reset()
+            except KafkaError as e:
+                self.metrics.broker_errors.inc()
+                delay = backoff.next()
+                log.warning("Kafka error: %r; retrying in %.1f s", e, delay)
+                self._stop.wait(delay)
+
+    def _process(self, records: dict[Any, list[Any]]) -> bool:
+        """One polled batch end to end; False when its outputs were never acknowledged."""
+        t0 = time.perf_counter()
+        flat = [r for recs in records.values() for r in recs]
+        batch = self.decoder.decode(flat)
+        messages: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]] = []
+        reasons: Counter[str] = Counter()
+        for rej in batch.rejects:
+            messages.append(self._dead_letter(rej.record, rej.reason, rej.detail))
+            reasons[rej.reason] += 1
+        n_alerts, kept_scores, kept_times, anomalies = 0, np.zeros(0), np.zeros(0), Counter()
+        if len(batch):
+            res = self.engine.process(batch.keys, batch.times, batch.values)
+            self._track_keys(batch)
+            kept = ~res.dropped  # (N,)
+            for i in np.flatnonzero(res.dropped).tolist():
+                detail = f"older than the key's previous event (ts {iso_times(batch.times[i : i + 1])[0]})"
+                messages.append(self._dead_letter(batch.records[i], "late_event", detail))
+                reasons["late_event"] += 1
+            late_scored = int((res.late & kept).sum())
+            if late_scored:
+                self.late_total += late_scored
+                log.info("%d late event(s) scored (input.late_events: score); %d so far",
+                         late_scored, self.late_total)  # fmt: skip
+            common = {
+                "prediction": res.prediction,
+                "score": res.score,
+                "threshold": self.config.scoring.threshold,
+                "model_version": self.engine.model_version,
+                "feature_names": self.feature_names,
+            }
+            flagged = np.flatnonzero(res.flag & kept)
+            alerts = event_messages(batch, flagged, flag=None, **common)
+            messages.extend((self.svc.alerts_topic, k, v, None) for k, v in alerts)
+            n_alerts = len(alerts)
+            if self.svc.scores_topic:
+                scores = event_messages(batch, np.flatnonzero(kept), flag=res.flag, **common)
+                messages.extend((self.svc.scores_topic, k, v, None) for k, v in scores)
+            anomalies = Counter(batch.topics[i] for i in flagged.tolist())
+            kept_scores, kept_times = res.score[kept], batch.times[kept]
+
+        if not self._publish(messages):
+            for tp in batch.next_offsets:
+                if tp in self._parts:
+                    self._parts[tp].unsafe = True
+            return False
+
+        now = time.time()
+        m = self.metrics
+        m.processed(len(kept_scores))
+        for reason, n in reasons.items():
+            m.reject(reason, n)
+        for topic, n in anomalies.items():
+            m.anomaly(topic, n)
+        if n_alerts:
+            m.alerts_published.inc(n_alerts)
+        m.observe_scores(kept_scores.tolist())
+        for lag in (now - kept_times).tolist():
+            m.event_lag.observe(max(0.0, lag))
+        imputed, evicted = self.engine.imputed_total, self.engine.store.evicted_total
+        if imputed > self._imputed_seen:
+            m.imputed_values.inc(imputed - self._imputed_seen)
+        if evicted > self._evicted_seen:
+            m.evicted_keys.inc(evicted - self._evicted_seen)
+        self._imputed_seen, self._evicted_seen = imputed, evicted
+        m.set_state(len(self.engine.store), self.engine.store.nbytes)
+
+        for tp, off in batch.next_offsets.items():
+            part = self._parts.get(tp)
+            if part is not None:
+                part.offset, part.dirty = off, True
+        self._commit(batch.next_offsets)
+        m.batch_done(time.perf_counter() - t0)
+        return True
+
+    def _dead_letter(
+        self, rec: Any, reason: str, detail: str
+    ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        headers = list(rec.headers or []) + dlq_headers(reason, detail, rec.topic, rec.partition, rec.offset)
+        return (self.svc.dlq_topic, rec.key, rec.value, headers)
+
+    def _track_keys(self, batch: Batch) -> None:
+        """Remember each key's (latest) partition: checkpoints are per partition."""
+        last = dict(zip(batch.keys, zip(batch.topics, batch.partitions.tolist(), strict=True), strict=True))
+        for key, tp in last.items():
+            old = self._key_tp.get(key)
+            if old == tp:
+                continue
+            if old is not None:
+                self.moved_keys_total += 1
+                log.warning("key %r moved from %s-%d to %s-%d; its state follows it "
+                            "(per-key order holds only within one partition)", key, *old, *tp)  # fmt: skip
+                if old in self._parts:
+                    self._parts[old].keys.discard(key)
+            self._key_tp[key] = tp
+            part = self._parts.get(tp)
+            if part is not None:
+                part.keys.add(key)
+
+    def _publish(self, messages: list[tuple[str, bytes | None, bytes | None, Any]]) -> bool:
+        """Send and wait for every acknowledgement; failed sends are retried with backoff.
+
+        Returns False only when stopping and ``shutdown_timeout_s`` ran out first."""
+        from kafka.errors import KafkaError
+
+        if not messages:
+            return True
+        pending = messages
+        backoff = _Backoff(self.svc.retry_backoff_max_s)
+        deadline: float | None = None
+        while True:
+            futures: list[Any] = []
+            error: Exception | None = None
+            try:
+                for topic, key, value, headers in pending:
+                    futures.append(self._producer.send(topic, key=key, value=value, headers=headers))
+                self._producer.flush(timeout=self._flush_timeout(deadline))
+            except KafkaError as e:
+                error = e
+            failed = [m for m, f in zip(pending, futures, strict=False) if not (f.is_done and f.succeeded())]
+            failed += pending[len(futures) :]
+            if not failed:
+                return True
+            if error is None:
+                error = next((f.exception for f in futures if f.is_done and f.failed()), None)
+            self.metrics.broker_errors.inc()
+            self._last_tick = time.monotonic()
+            if self._stop.is_set():
+                if deadline is None:
+                    deadline = time.monotonic() + self.svc.shutdown_timeout_s
+                if time.monotonic() >= deadline:
+                    log.error("%d message(s) not acknowledged before the shutdown timeout (%r); "
+                              "not committing: the next start processes them again",
+                              len(failed), error)  # fmt: skip
+                    return False
+            delay = backoff.next()
+            log.warning("%d of %d message(s) not acknowledged (%r); retrying in %.1f s",
+                        len(failed), len(pending), error, delay)  # fmt: skip
+            if self._stop.is_set():
+                time.sleep(min(delay, max(0.0, (deadline or 0.0) - time.monotonic())))
+            else:
+                self._stop.wait(delay)
+            pending = failed
+
+    def _flush_timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return max(30.0, self.svc.retry_backoff_max_s)
+        return max(0.1, deadline - time.monotonic())
+
+    def _commit(self, offsets: dict[TP, int]) -> None:
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        todo = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+            for (t, p), o in offsets.items()
+            if (t, p) in self._parts
+        }
+        if not todo:
+            return
+        try:
+            self._consumer.commit(todo)
+        except KafkaError as e:  # the next commit covers these offsets; state is checkpointed apart
+            self.metrics.broker_errors.inc()
+            log.warning("offset commit failed (%r); the next batch's commit covers it", e)
+
+    def _update_lag(self) -> None:
+        """Lag from the fetch responses' high watermarks (free; no ListOffsets round trip)."""
+        from kafka import TopicPartition
+
+        for (t, p), part in list(self._parts.items()):
+            if part.offset is None:
+                continue
+            try:
+                hw = self._consumer.highwater(TopicPartition(t, p))
+            except Exception:  # not assigned any more (a rebalance in between)
+                continue
+            if hw is not None:
+                self.metrics.set_consumer_lag(t, p, max(0, hw - part.offset))
+
+    # ------------------------------------------------------------------------------------------
+    # Rebalances and checkpoints
+
+    def _on_revoked(self, revoked: Iterable[Any]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in revoked]
+        log.info("partitions revoked: %s", _fmt_tps(tps))
+        if not self._crashed:
+            self._checkpoint([tp for tp in tps if tp in self._parts])
+        for tp in tps:
+            self._forget(tp)
+        self.metrics.set_assignment(list(self._parts))
+        self._update_ready()
+
+    def _on_lost(self, lost: Iterable[Any]) -> None:
+        tps = [(tp.topic, tp.partition) for tp in lost]
+        log.warning("partitions lost (membership expired): %s; dropping their state unsaved", _fmt_tps(tps))
+        for tp in tps:
+            self._forget(tp)
+        self.metrics.set_assignment(list(self._parts))
+        self._update_ready()
+
+    def _on_assigned(self, assigned: Iterable[Any]) -> None:
+        new = [tp for tp in assigned if (tp.topic, tp.partition) not in self._parts]
+        for tp in new:
+            self._parts[(tp.topic, tp.partition)] = _Partition()
+            self._pending.add((tp.topic, tp.partition))
+        if new:
+            # No records until the state is restored and the position sought (after this poll).
+            self._consumer.pause(*new)
+        log.info("partitions assigned: %s", _fmt_tps((tp.topic, tp.partition) for tp in assigned))
+        self.metrics.set_assignment(list(self._parts))
+        self._update_ready()
+
+    def _forget(self, tp: TP) -> None:
+        part = self._parts.pop(tp, None)
+        self._pending.discard(tp)
+        if part is None:
+            return
+        gone = [k for k in part.keys if self._key_tp.get(k) == tp]
+        for k in gone:
+            del self._key_tp[k]
+        self.engine.store.drop(gone)
+        self.metrics.set_state(len(self.engine.store), self.engine.store.nbytes)
+
+    def _restore_pending(self) -> None:
+        """Restore newly assigned partitions from their checkpoints and seek; then resume them."""
+        from kafka import TopicPartition
+
+        tps = sorted(self._pending)
+        found = self.store.load_many(tps)
+        fresh: list[TP] = []
+        for tp in tps:
+            part = self._parts[tp]
+            ktp = TopicPartition(*tp)
+            ck = found.get(tp)
+            offset = None
+            if ck is not None:
+                try:
+                    extra = self.engine.restore(ck.data)
+                    offset = int(extra["offsets"][offsets_key(*tp)])
+                    keys = [str(k) for k in extra.get("keys", [])]
+                except Exception as e:  # corrupt or incompatible snapshot: fall back to fresh state
+                    log.error("checkpoint of %s-%d (%s) cannot be restored: %s; starting it with "
+                              "fresh state from its committed offset", *tp, ck.origin, e)  # fmt: skip
+                    offset = None
+                else:
+                    for k in keys:
+                        self._key_tp[k] = tp
+                    part.keys = set(keys)
+                    self._consumer.seek(ktp, offset)
+                    version = extra.get("model_version")
+                    log.info("restored %d key(s) of %s-%d from the %s checkpoint at offset %d "
+                             "(written %.0f s ago%s)", len(keys), *tp, ck.origin, offset,
+                             time.time() - ck.written_at,
+                             "" if version == self.engine.model_version else f" by model {version}")  # fmt: skip
+            if offset is None:
+                offset = self._consumer.position(ktp)  # committed offset, else auto_offset_reset
+                fresh.append(tp)
+                log.info("no checkpoint for %s-%d: fresh state from offset %d", *tp, offset)
+            part.offset, part.restored, part.dirty = offset, True, False
+        if fresh:  # an empty checkpoint at once: a crash before the first periodic one skips nothing
+            self._checkpoint(fresh, force=True)
+        self._pending.difference_update(tps)
+        self._consumer.resume(*[TopicPartition(*tp) for tp in tps])
+        self.metrics.set_state(len(self.engine.store), self.engine.store.nbytes)
+        self._update_ready()
+
+    def _checkpoint(self, tps: list[TP], *, force: bool = False) -> bool:
+        """Checkpoint the partitions whose state changed (all given ones with ``force``)."""
+        items = []
+        written = []
+        store = self.engine.store
+        for tp in tps:
+            part = self._parts.get(tp)
+            if part is None or not part.restored or part.unsafe or part.offset is None:
+                continue
+            if not (part.dirty or force):
+                continue
+            keys = [k for k in part.keys if k in store]
+            if len(keys) != len(part.keys):  # evicted keys: forget them here too
+                for k in part.keys.difference(keys):
+                    if self._key_tp.get(k) == tp:
+                        del self._key_tp[k]
+                part.keys = set(keys)
+            data = self.engine.snapshot(
+                keys,
+                extra={
+                    "offsets": {offsets_key(*tp): part.offset},
+                    "keys": keys,
+                    "group": self.svc.group,
+                    "topic": tp[0],
+                    "partition": tp[1],
+                },
+            )
+            framed = encode(self.svc.group, tp[0], tp[1], part.offset, data,
+                            keys=len(keys), model=self.engine.model_version)  # fmt: skip
+            items.append((tp[0], tp[1], framed))
+            written.append(part)
+        ok = True
+        if items:
+            try:
+                self.store.save_many(items)
+            except CheckpointError as e:
+                ok = False
+                log.error("checkpoint failed: %s", e)
+            else:
+                for part in written:
+                    part.dirty = False
+                log.debug("checkpointed %d partition(s)", len(items))
+        self.metrics.checkpoint(ok)
+        return ok
+
+    # ------------------------------------------------------------------------------------------
+    # Model reload
+
+    def _model_signature(self) -> tuple[int, int] | None:
+        try:
+            st = (Path(self.svc.model or "") / INFO).stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _maybe_reload(self, *, forced: bool) -> None:
+        self._reload_requested.clear()
+        sig = self._model_signature()
+        if not forced and (sig is None or sig == self._model_sig):
+            return
+        self._model_sig = sig
+        model_dir = self.svc.model or ""
+        try:
+            loaded = load_model(model_dir, self.device)
+        except Exception as e:  # a broken or half-written directory: keep serving the old model
+            self.metrics.model_reload("error")
+            log.error("model reload from %s failed: %s; still serving %s", model_dir, e, self.engine.model_version)
+            return
+        if len(loaded.feature_names) != self.decoder.n_features:
+            self.metrics.model_reload("refused")
+            log.error("model reload refused: %s predicts %d feature(s) (%s), the running model %d; "
+                      "still serving %s", loaded.version, len(loaded.feature_names),
+                      ", ".join(loaded.feature_names), self.decoder.n_features,
+                      self.engine.model_version)  # fmt: skip
+            return
+        old = self.engine.model_version
+        try:
+            self.engine.swap_model(loaded.model, loaded.version)
+        except ValueError as e:
+            self.metrics.model_reload("refused")
+            log.error("model reload refused: %s; still serving %s", e, old)
+            return
+        if loaded.config.features != self.config.features:
+            log.warning("model %s was trained with other features settings; the running "
+                        "normaliser settings stay until restart", loaded.version)  # fmt: skip
+        self.metrics.model_reload("ok")
+        self._set_model_metric(loaded)
+        log.info("model reloaded: %s -> %s (state of %d key(s) kept)", old, loaded.version, len(self.engine.store))
+
+    # ------------------------------------------------------------------------------------------
+    # Shutdown
+
+    def _shutdown(self) -> int:
+        t0 = time.monotonic()
+        deadline = t0 + self.svc.shutdown_timeout_s
+        log.info("shutting down: flushing, committing, checkpointing %d partition(s)", len(self._parts))
+        unsafe = sorted(tp for tp, p in self._parts.items() if p.unsafe)
+        try:
+            self._producer.flush(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception as e:  # nothing is in flight after a completed batch; log and go on
+            log.warning("final flush failed: %r", e)
+        self._commit(
+            {tp: p.offset for tp, p in self._parts.items() if p.offset is not None and p.restored and not p.unsafe}
+        )
+        self._checkpoint(list(self._parts))
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            # Leaves the group; the revoke callback finds nothing dirty and only drops the keys.
+            self._consumer.close(autocommit=False, timeout_ms=int(remaining * 1000))
+        except Exception as e:  # leaving the group is best effort
+            log.warning("closing the consumer failed: %r", e)
+        self._consumer = None
+        self._close_clients(timeout_s=max(0.1, deadline - time.monotonic()))
+        self.metrics.set_assignment([])
+        if unsafe:
+            log.error("stopped in %.1f s; %s not checkpointed past their last acknowledged batch",
+                      time.monotonic() - t0, _fmt_tps(unsafe))  # fmt: skip
+            return 1
+        log.info("stopped in %.1f s", time.monotonic() - t0)
+        return 0
+
+    def _close_clients(self, *, timeout_s: float) -> None:
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if consumer is not None:
+            try:
+                consumer.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
+            except Exception as e:  # best effort while failing or retrying
+                log.debug("closing the consumer: %r", e)
+        if producer is not None:
+            try:
+                producer.close(timeout=timeout_s)
+            except Exception as e:  # best effort while failing or retrying
+                log.debug("closing the producer: %r", e)
+
+
+def _fmt_tps(tps: Iterable[TP]) -> str:
+    text = ", ".join(f"{t}-{p}" for t, p in sorted(tps))
+    return text or "none"

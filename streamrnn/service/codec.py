@@ -1,0 +1,407 @@
+"""The service's wire format: events in, alerts / scores / dead letters out.
+
+Decoding
+--------
+:meth:`Decoder.decode` turns one poll's records into the engine's arrays in one pass (orjson per
+record, results written straight into preallocated NumPy arrays). An event is a JSON object; the
+field names come from ``config.input``:
+
+* key: ``key`` (a string, or an integer taken as its decimal text); when the field is absent or
+  null, the Kafka message key (UTF-8).
+* time: ``ts`` as ISO 8601 text (naive = UTC), or epoch seconds, or epoch milliseconds (numbers
+  above 1e11, as text or number); when absent or null, the record's own timestamp.
+* values: ``value`` (one number; only for a single-feature model) or ``values``: an object of
+  named numbers (the names of ``config.input.features``, else the model's feature names; a name
+  that is absent is a missing value; names the model does not know are ignored), or a list of
+  exactly F numbers in feature order.
+
+Number policy, per value:
+
+================================  =========================================================
+``12.5``, ``"12.5"``              the number (numeric text is accepted)
+``null``, ``"NaN"``, absent name  missing: the engine imputes it with the key's own prediction
+                                  and counts it (``streamrnn_imputed_values_total``); so do
+                                  ``"value": null``, ``"values": null`` and ``"values": {}``
+``"abc"``, ``true``               rejected: ``non_numeric_value``
+``"inf"``, ``1e39`` (> float32)   rejected: ``non_finite_value``
+================================  =========================================================
+
+A rejected record goes to the dead-letter topic with one reason from
+:data:`streamrnn.service.metrics.REJECT_REASONS`, checked in this order: ``not_json`` (not
+UTF-8 JSON, or an empty/tombstone message), ``wrong_shape`` (not an object; both ``value`` and
+``values``; ``value`` for a multi-feature model; ``values`` of the wrong type or length, or an
+object naming none of the model's features; a nested container as a number), ``missing_key``,
+``missing_value`` (neither field), ``non_numeric_value``,
+``non_finite_value``, ``bad_timestamp`` (unparseable, not finite, beyond year 5138, or no
+``ts`` and no record timestamp).
+
+Late events
+-----------
+An event older than its key's previous event is *late*. The engine decides, per
+``config.input.late_events``: with ``score`` (the default) it is scored like any other event
+(its time only feeds the calendar inputs) and counted in the service log; with ``drop`` the
+engine leaves the key's state untouched and the service sends the record to the dead-letter
+topic with reason ``late_event``. Either way no record disappears silently.
+
+Encoding
+--------
+:func:`event_messages` builds one JSON message per alert (or per scored event for the scores
+topic), keyed by the event key: ``key``, ``ts`` (ISO 8601, UTC, milliseconds), ``value`` (or
+``values``: an object by feature name), ``expected`` (the prediction, same shape, null before a
+key's first prediction), ``score``, ``threshold``, ``model`` (version id) and ``source``
+(``{topic, partition, offset}``, the message's identity: consumers dedupe on it after a restart
+re-publishes). Score messages add ``flag``. :func:`dlq_headers` gives the dead letter's headers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..config import InputConfig
+from ..data import parse_timestamp
+
+__all__ = [
+    "Batch",
+    "Decoder",
+    "Reject",
+    "dlq_headers",
+    "event_messages",
+    "iso_times",
+]
+
+_MS_THRESHOLD = 1e11  # epoch numbers above this are milliseconds
+_MAX_SECONDS = 1e11  # |time| beyond this (year 5138) is rejected: it cannot be formatted back
+_F32_MAX = float(np.finfo(np.float32).max)
+_DETAIL_MAX = 300  # characters of a reject detail
+
+
+@dataclass
+class Reject:
+    """A record that will not reach the model: why, in a metric label and in words."""
+
+    record: Any  # kafka ConsumerRecord (or anything with topic, partition, offset, key, value)
+    reason: str
+    detail: str
+
+
+@dataclass
+class Batch:
+    """A poll's accepted events as engine arrays, their sources, and the rejects.
+
+    ``keys`` (N,), ``times`` (N,) float64 epoch seconds, ``values`` (N, F) float32 with NaN where
+    missing; ``records`` (N,) the accepted records in arrival order; ``topics`` (N,),
+    ``partitions`` (N,) int32 and ``offsets`` (N,) int64 their sources. ``next_offsets`` maps each
+    ``(topic, partition)`` of the poll (accepted or rejected) to the offset after its last record.
+    """
+
+    keys: list[str]
+    times: np.ndarray
+    values: np.ndarray
+    records: list[Any]
+    topics: list[str]
+    partitions: np.ndarray
+    offsets: np.ndarray
+    rejects: list[Reject] = field(default_factory=list)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def missing(self) -> int:
+        """Missing values (NaN) among the accepted events."""
+        return int(np.isnan(self.values).sum())
+
+
+class _Bad(Exception):
+    """One record's reject reason and detail (internal control flow of the decoder)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail[:_DETAIL_MAX]
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(x: Any, name: str) -> float:
+    """One value by the number policy of the module docstring; NaN = missing."""
+    if x is None:
+        return math.nan
+    if isinstance(x, bool):
+        raise _Bad("non_numeric_value", f"{name}: must be a number, got {_short(x)}")
+    if isinstance(x, (int, float)):
+        v = float(x)
+    elif isinstance(x, str):
+        try:
+            v = float(x)
+        except ValueError:
+            raise _Bad("non_numeric_value", f"{name}: must be a number, got {_short(x)}") from None
+        if math.isnan(v):
+            return math.nan
+    elif isinstance(x, (list, dict)):
+        raise _Bad("wrong_shape", f"{name}: must be a number, got {type(x).__name__} {_short(x)}")
+    else:  # pragma: no cover - orjson yields only the JSON types
+        raise _Bad("non_numeric_value", f"{name}: must be a number, got {_short(x)}")
+    if not -_F32_MAX <= v <= _F32_MAX:
+        raise _Bad("non_finite_value", f"{name}: must be finite in float32, got {_short(x)}")
+    return v
+
+
+def _time(x: Any, record: Any, name: str) -> float:
+    """Epoch seconds from the event's time field, else from the record's timestamp."""
+    if x is None:
+        ts = getattr(record, "timestamp", None)
+        if ts is None or ts < 0:
+            raise _Bad("bad_timestamp", f"{name}: absent and the record has no timestamp")
+        return float(ts) / 1000.0
+    if isinstance(x, bool):
+        raise _Bad(
+            "bad_timestamp", f"{name}: must be ISO 8601 or epoch seconds/ms, got {_short(x)}"
+        )
+    if isinstance(x, (int, float)):
+        v = float(x)
+        if not math.isfinite(v):
+            raise _Bad("bad_timestamp", f"{name}: must be finite, got {_short(x)}")
+        t = v / 1000.0 if abs(v) > _MS_THRESHOLD else v
+    elif isinstance(x, str):
+        try:
+            t = parse_timestamp(x)
+        except (ValueError, OverflowError, OSError):
+            raise _Bad(
+                "bad_timestamp", f"{name}: must be ISO 8601 or epoch seconds/ms, got {_short(x)}"
+            ) from None
+    else:
+        raise _Bad(
+            "bad_timestamp", f"{name}: must be ISO 8601 or epoch seconds/ms, got {_short(x)}"
+        )
+    if not abs(t) <= _MAX_SECONDS:
+        raise _Bad("bad_timestamp", f"{name}: out of range, got {_short(x)}")
+    return t
+
+
+class Decoder:
+    """Decodes records into engine arrays by ``config.input`` for a model of ``feature_names``."""
+
+    def __init__(self, config: InputConfig, feature_names: Sequence[str]) -> None:
+        names = tuple(config.features) or tuple(feature_names)
+        if not names:
+            raise ValueError("feature_names: need at least one feature")
+        self.config = config
+        self.feature_names = names
+        self.n_features = len(names)
+        self._index = {n: i for i, n in enumerate(names)}
+
+    def decode(self, records: Iterable[Any]) -> Batch:
+        """Decode one poll's records (each with topic, partition, offset, key, value, timestamp).
+
+        Records keep their order; rejects are returned, never raised.
+        """
+        recs = list(records)
+        n, f = len(recs), self.n_features
+        times = np.empty(n, dtype=np.float64)  # (n,)
+        values = np.empty((n, f), dtype=np.float32)  # (n, F)
+        partitions = np.empty(n, dtype=np.int32)  # (n,)
+        offsets = np.empty(n, dtype=np.int64)  # (n,)
+        keys: list[str] = []
+        accepted: list[Any] = []
+        topics: list[str] = []
+        rejects: list[Reject] = []
+        next_offsets: dict[tuple[str, int], int] = {}
+        row = np.empty(f, dtype=np.float64)  # (F,) scratch
+        j = 0
+        for rec in recs:
+            tp = (rec.topic, rec.partition)
+            if rec.offset + 1 > next_offsets.get(tp, -1):
+                next_offsets[tp] = rec.offset + 1
+            try:
+                key, t = self._decode_one(rec, row)
+            except _Bad as bad:
+                rejects.append(Reject(rec, bad.reason, bad.detail))
+                continue
+            keys.append(key)
+            accepted.append(rec)
+            topics.append(rec.topic)
+            times[j] = t
+            values[j] = row
+            partitions[j] = rec.partition
+            offsets[j] = rec.offset
+            j += 1
+        return Batch(
+            keys=keys,
+            times=times[:j],
+            values=values[:j],
+            records=accepted,
+            topics=topics,
+            partitions=partitions[:j],
+            offsets=offsets[:j],
+            rejects=rejects,
+            next_offsets=next_offsets,
+        )
+
+    def _decode_one(self, rec: Any, row: np.ndarray) -> tuple[str, float]:
+        """Key and time of one record; its values are written into ``row`` (F,)."""
+        cfg = self.config
+        raw = rec.value
+        if not raw:
+            raise _Bad("not_json", "empty message (tombstone)")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise _Bad("not_json", f"not valid JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise _Bad("wrong_shape", f"event must be a JSON object, got {type(obj).__name__}")
+
+        has_value = cfg.value_field in obj
+        has_values = cfg.values_field in obj
+        if has_value and has_values:
+            raise _Bad(
+                "wrong_shape",
+                f"event has both {cfg.value_field!r} and {cfg.values_field!r}; send one",
+            )
+        if has_value and self.n_features != 1:
+            raise _Bad(
+                "wrong_shape",
+                f"{cfg.value_field}: the model takes {self.n_features} features "
+                f"({', '.join(self.feature_names)}); send {cfg.values_field!r}",
+            )
+        vals = obj.get(cfg.values_field)
+        if has_values and vals is not None and not isinstance(vals, (dict, list)):
+            raise _Bad(
+                "wrong_shape",
+                f"{cfg.values_field}: must be an object of named numbers or a list of "
+                f"{self.n_features}, got {type(vals).__name__} {_short(vals)}",
+            )
+        if isinstance(vals, list) and len(vals) != self.n_features:
+            raise _Bad(
+                "wrong_shape",
+                f"{cfg.values_field}: must list {self.n_features} numbers "
+                f"({', '.join(self.feature_names)}), got {len(vals)}",
+            )
+        if isinstance(vals, dict) and vals and not any(k in self._index for k in vals):
+            raise _Bad(
+                "wrong_shape",
+                f"{cfg.values_field}: names none of the model's features "
+                f"({', '.join(self.feature_names)}), got {_short(sorted(vals))}",
+            )
+
+        key = obj.get(cfg.key_field)
+        if key is None:
+            if rec.key is None:
+                raise _Bad("missing_key", f"no {cfg.key_field!r} field and no message key")
+            try:
+                key = rec.key.decode("utf-8") if isinstance(rec.key, bytes) else str(rec.key)
+            except UnicodeDecodeError:
+                raise _Bad("missing_key", "the message key is not UTF-8") from None
+        elif isinstance(key, int) and not isinstance(key, bool):
+            key = str(key)
+        elif not isinstance(key, str):
+            raise _Bad("missing_key", f"{cfg.key_field}: must be a string, got {_short(key)}")
+        if not key:
+            raise _Bad("missing_key", f"{cfg.key_field}: must not be empty")
+
+        if not has_value and not has_values:
+            raise _Bad("missing_value", f"no {cfg.value_field!r} or {cfg.values_field!r} field")
+        if has_value:
+            row[0] = _number(obj[cfg.value_field], cfg.value_field)
+        elif isinstance(vals, list):
+            for i, (name, x) in enumerate(zip(self.feature_names, vals, strict=True)):
+                row[i] = _number(x, f"{cfg.values_field}[{i}] ({name})")
+        else:  # an object by name; null or {} is every feature missing
+            got = vals or {}
+            for i, name in enumerate(self.feature_names):
+                row[i] = _number(got.get(name), f"{cfg.values_field}.{name}")
+
+        t = _time(obj.get(cfg.time_field), rec, cfg.time_field)
+        return key, t
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding
+
+
+def iso_times(times: np.ndarray) -> list[str]:
+    """ISO 8601 UTC texts with milliseconds for epoch seconds (N,).
+
+    >>> iso_times(np.array([0.0, 1700000000.25]))
+    ['1970-01-01T00:00:00.000Z', '2023-11-14T22:13:20.250Z']
+    """
+    ms = np.round(np.asarray(times, dtype=np.float64) * 1000.0).astype(np.int64)  # (N,)
+    text = np.datetime_as_string(ms.astype("datetime64[ms]"), unit="ms")  # (N,)
+    return [s + "Z" for s in text.tolist()]
+
+
+def _shape(row: list[float], names: Sequence[str]) -> float | None | dict[str, float | None]:
+    """One number (single feature) or an object by feature name; NaN becomes null."""
+    clean = [None if v is None or math.isnan(v) else v for v in row]
+    if len(names) == 1:
+        return clean[0]
+    return dict(zip(names, clean, strict=True))
+
+
+def event_messages(
+    batch: Batch,
+    index: np.ndarray,
+    *,
+    prediction: np.ndarray,
+    score: np.ndarray,
+    flag: np.ndarray | None,
+    threshold: float,
+    model_version: str,
+    feature_names: Sequence[str],
+) -> list[tuple[bytes, bytes]]:
+    """``(key, JSON)`` messages for the batch events at ``index`` (K,).
+
+    ``prediction`` (N, F) and ``score`` (N,) are the engine's results for the whole batch;
+    ``flag`` (N,) is added to each message when given (the scores topic).
+    """
+    idx = np.asarray(index, dtype=np.int64)
+    if len(idx) == 0:
+        return []
+    ts = iso_times(batch.times[idx])
+    vals = batch.values[idx].astype(np.float64).tolist()
+    preds = np.asarray(prediction, dtype=np.float64)[idx].tolist()
+    scores = np.asarray(score, dtype=np.float64)[idx].tolist()
+    flags = np.asarray(flag)[idx].tolist() if flag is not None else None
+    parts = batch.partitions[idx].tolist()
+    offs = batch.offsets[idx].tolist()
+    value_name = "value" if len(feature_names) == 1 else "values"
+    out: list[tuple[bytes, bytes]] = []
+    for j, i in enumerate(idx.tolist()):
+        key = batch.keys[i]
+        msg: dict[str, Any] = {
+            "key": key,
+            "ts": ts[j],
+            value_name: _shape(vals[j], feature_names),
+            "expected": _shape(preds[j], feature_names),
+            "score": scores[j],
+            "threshold": threshold,
+            "model": model_version,
+            "source": {"topic": batch.topics[i], "partition": parts[j], "offset": offs[j]},
+        }
+        if flags is not None:
+            msg["flag"] = bool(flags[j])
+        out.append((key.encode("utf-8"), orjson.dumps(msg)))
+    return out
+
+
+def dlq_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """Headers of a dead letter: why, and where the original came from."""
+    return [
+        ("streamrnn.reason", reason.encode()),
+        ("streamrnn.detail", detail.encode("utf-8", "replace")),
+        ("streamrnn.source.topic", topic.encode()),
+        ("streamrnn.source.partition", str(partition).encode()),
+        ("streamrnn.source.offset", str(offset).encode()),
+    ]
