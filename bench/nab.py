@@ -30,9 +30,10 @@ import torch
 
 from streamrnn import synth
 from streamrnn.config import load_config
-from streamrnn.data import Series, load_series
+from streamrnn.data import Series, load_series, summarize_series
 from streamrnn.engine import Engine
 from streamrnn.evaluate import evaluate_dir, format_table
+from streamrnn.modeldir import load_model, save_model
 from streamrnn.replay import replay_series, write_results
 from streamrnn.training import train
 
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/nab", help="where replay results go (default runs/nab)")
     ap.add_argument("--json", help="write the evaluation JSON here")
     ap.add_argument("--max-seconds", type=float, default=120.0, help="training budget per model")
+    ap.add_argument("--models", default="runs/nab-models", help="trained fold models are cached here; delete to retrain")
+    ap.add_argument("--retrain", action="store_true", help="train even when a cached model exists")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args(argv)
     data = nab_dir()
@@ -75,24 +78,28 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     categories = sorted(p.name for p in (data / "data").iterdir() if p.is_dir())
     t0 = time.perf_counter()
-    folds: list[tuple[list[Series], list[Series]]] = []
+    folds: list[tuple[str, list[Series], list[Series]]] = []
     if args.protocol == "loco":
         for c in categories:
             train_s = [s for o in categories if o != c for s in load_series([data / "data" / o])]
             test_s = load_series([data / "data" / c])
             for s in test_s:
                 s.relpath = f"{c}/{s.relpath}"
-            folds.append((train_s, test_s))
+            folds.append((c, train_s, test_s))
     else:
-        test_s = load_series([data / "data"])
-        folds.append((synthetic_series(cfg.training.seed), test_s))
-    for i, (train_s, test_s) in enumerate(folds):
+        folds.append(("synthetic", synthetic_series(cfg.training.seed), load_series([data / "data"])))
+    for i, (name, train_s, test_s) in enumerate(folds):
         t1 = time.perf_counter()
-        result = train(train_s, cfg, device="cpu", progress=False)
-        engine = Engine(result.model, cfg)
+        model_dir = Path(args.models) / args.protocol / name
+        if args.retrain or not (model_dir / "model.json").is_file():
+            result = train(train_s, cfg, device="cpu", progress=False)
+            save_model(model_dir, result.model, cfg, feature_names=("value",), metrics=result.metrics, data_summary=summarize_series(train_s))
+        loaded = load_model(model_dir)
+        # The model's architecture comes from its directory; scoring and features from --config.
+        engine = Engine(loaded.model, cfg, model_version=loaded.version)
         items = replay_series(engine, test_s)
         write_results(out, items, None)
-        print(f"fold {i + 1}/{len(folds)}: trained on {len(train_s)} series, replayed {len(test_s)}; {time.perf_counter() - t1:.0f} s", flush=True)
+        print(f"fold {i + 1}/{len(folds)} ({name}): model {loaded.version} from {len(train_s)} series, replayed {len(test_s)}; {time.perf_counter() - t1:.0f} s", flush=True)
     report = evaluate_dir(out, data / "labels" / "combined_windows.json")
     print(format_table(report))
     print(f"protocol {args.protocol}; total {time.perf_counter() - t0:.0f} s")

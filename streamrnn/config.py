@@ -89,20 +89,23 @@ class FeatureConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """Prediction error to a calibrated score in [0, 1], and the flag rule."""
+    """Prediction error to a calibrated score in [0, 1], and the flag rule (see scoring.py)."""
 
-    # Horizon (events) of the short exponential average of the surprise.
-    short_horizon: float = _rule(3.0, lambda x: x >= 1, "must be >= 1")
-    # Horizon (events) of the long-run mean and variance the short average is calibrated against.
-    long_horizon: float = _rule(1000.0, lambda x: x >= 2, "must be >= 2")
-    # A key is not flagged before it has seen this many events.
+    # Events in the key's recent mean of its standardised error, which errors are measured against.
+    error_horizon: float = _rule(30.0, lambda x: x >= 1, "must be >= 1")
+    # Events in the short average of the relative error (1 = no smoothing: score each reading at once).
+    short_horizon: float = _rule(1.0, lambda x: x >= 1, "must be >= 1")
+    # Events in the long-run statistics each key is calibrated against.
+    long_horizon: float = _rule(3000.0, lambda x: x >= 2, "must be >= 2")
+    # A value beyond the key's seen range by more than this fraction of it scores at least range_score.
+    range_margin: float = _rule(0.02, _nonneg, "must be >= 0")
+    range_score: float = _rule(0.99, lambda x: 0 <= x <= 1, "must be in [0, 1]")
+    # A key is not flagged (and scores 0) before it has seen this many events.
     warmup: int = _rule(150, _nonneg, "must be an integer >= 0")
-    # Flag when the score is at or above this.
-    threshold: float = _rule(0.5, _unit_open, "must be in (0, 1)")
+    # Flag when the score is at or above this (0.5 = a one-in-1e5 deviation, 0.67 = 1e-10).
+    threshold: float = _rule(0.65, _unit_open, "must be in (0, 1)")
     # Events after an alert during which the same key is not flagged again.
     cooldown: int = _rule(50, _nonneg, "must be an integer >= 0")
-    # Surprise is capped so one wild event cannot poison the long-run statistics.
-    max_surprise: float = _rule(30.0, lambda x: x > 0, "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ class Results:
 
     prediction: np.ndarray  # (N, F) what the model expected for this event; NaN for a key's first
     scale: np.ndarray  # (N, F) predicted standard deviation
-    surprise: np.ndarray  # (N,) -log tail probability of the observed value
+    error: np.ndarray  # (N,) standardised error relative to the key's recent errors (1 = usual)
     score: np.ndarray  # (N,) calibrated anomaly score in [0, 1]; 0 while the key is in warm-up
     flag: np.ndarray  # (N,) bool, the detector's decision
     late: np.ndarray  # (N,) bool, older than its key's previous event
@@ -72,8 +72,9 @@ def state_fields(model: Forecaster) -> dict[str, FieldSpec]:
     return {
         "hidden": FieldSpec((model.num_layers, model.slots, model.hidden_size), torch.float32),
         "norm": FieldSpec((3, f), torch.float32),  # count, mean, var per feature
-        "pred": FieldSpec((2, f), torch.float32),  # pending prediction: mean, scale (normalised)
+        "pred": FieldSpec((2, f), torch.float32, init=(0.0, 1.0)),  # pending prediction: mean, scale (normalised)
         "scorer": FieldSpec((scoring.N_SCORER,), torch.float32),
+        "track": FieldSpec((scoring.N_TRACK, f), torch.float32, init=scoring.TRACK_INIT),  # error mean, low, high
         "steps": FieldSpec((), torch.int64),
         "last_alert": FieldSpec((), torch.int64, init=-1.0),
         "last_ts": FieldSpec((), torch.float64, init=float("-inf")),
@@ -159,7 +160,7 @@ class Engine:
         out = {
             "prediction": torch.empty(n, self.n_values, device=dev),
             "scale": torch.empty(n, self.n_values, device=dev),
-            "surprise": torch.empty(n, device=dev),
+            "error": torch.empty(n, device=dev),
             "score": torch.empty(n, device=dev),
             "flag": torch.empty(n, dtype=torch.bool, device=dev),
             "late": torch.empty(n, dtype=torch.bool, device=dev),
@@ -186,7 +187,8 @@ class Engine:
         hidden = st["hidden"][r]  # (n, L, S, H)
         norm = st["norm"][r]  # (n, 3, F)
         pred = st["pred"][r]  # (n, 2, F)
-        sc_state = st["scorer"][r]  # (n, 5)
+        sc_state = st["scorer"][r]  # (n, 4)
+        track = st["track"][r]  # (n, 3, F)
         steps = st["steps"][r]  # (n,)
         last_alert = st["last_alert"][r]  # (n,)
         last_ts = st["last_ts"][r]  # (n,)
@@ -196,12 +198,16 @@ class Engine:
         z, mean, std = normalize(norm, x, cfg.features.clip)  # (n, F) each
         mu, sigma = pred[:, 0], pred[:, 1]  # (n, F) each
         has_pred = steps > 0  # (n,)
-        s = scoring.surprise(z, mu, sigma, cfg.scoring.max_surprise) * has_pred  # (n,)
-        score, short = scoring.score(sc_state, s, cfg.scoring)  # (n,) each
+        e, u = scoring.relative_error(z, mu, sigma, track)  # (n,), (n, F)
+        e = e * has_pred  # (n,)
+        score, short = scoring.score(sc_state, e, cfg.scoring)  # (n,) each
+        beyond = scoring.out_of_range(x, track, cfg.scoring.range_margin)  # (n,)
+        score = torch.where(beyond, torch.clamp(score, min=cfg.scoring.range_score), score)  # (n,)
         score = torch.where(steps >= cfg.scoring.warmup, score, torch.zeros_like(score))  # (n,)
         flag = scoring.flag(score, steps, last_alert, cfg.scoring) & active  # (n,)
         learn = active & ~flag  # (n,)
-        new_sc = scoring.update(sc_state, s, short, learn & has_pred, cfg.scoring)  # (n, 5)
+        new_sc = scoring.update(sc_state, short, learn & has_pred, cfg.scoring)  # (n, 4)
+        new_track = scoring.update_track(track, x, u, learn & has_pred, learn, cfg.scoring.error_horizon)  # (n, 3, F)
         new_norm = update_normalizer(norm, x, cfg.features.normalizer_horizon, learn)  # (n, 3, F)
 
         missing = torch.isnan(z)  # (n, F)
@@ -218,6 +224,7 @@ class Engine:
             pred1 = torch.where(a.view(-1, 1, 1), torch.stack([mu1, sigma1], dim=1), pred)
             new_norm = torch.where(a.view(-1, 1, 1), new_norm, norm)
             new_sc = torch.where(a.view(-1, 1), new_sc, sc_state)
+            new_track = torch.where(a.view(-1, 1, 1), new_track, track)
             steps1 = steps + a.long()
         else:
             pred1 = torch.stack([mu1, sigma1], dim=1)  # (n, 2, F)
@@ -226,6 +233,7 @@ class Engine:
         st["pred"][r] = pred1
         st["norm"][r] = new_norm
         st["scorer"][r] = new_sc
+        st["track"][r] = new_track
         st["steps"][r] = steps1
         st["last_alert"][r] = torch.where(flag, steps, last_alert)
         st["last_ts"][r] = torch.where(active, torch.maximum(last_ts, t), last_ts)
@@ -233,7 +241,7 @@ class Engine:
         nan = torch.full_like(mu, float("nan"))
         out["prediction"][idx] = torch.where(has_pred.unsqueeze(1), mean + std * mu, nan)
         out["scale"][idx] = torch.where(has_pred.unsqueeze(1), std * sigma, nan)
-        out["surprise"][idx] = s
+        out["error"][idx] = e
         out["score"][idx] = score
         out["flag"][idx] = flag
         out["late"][idx] = late

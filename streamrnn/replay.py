@@ -5,7 +5,7 @@ engine as the live service, in file order per key; keys are interleaved row by r
 wave steps every key once. Batch invariance makes the result independent of that interleaving
 and of ``--batch-size``. For each input file, ``OUT/<its path relative to the data dir>`` gets
 ``timestamp``, the value columns, ``anomaly_score`` (6 decimals), ``is_anomaly`` (the detector's own
-decision), ``prediction``, ``scale`` and ``surprise``.
+decision), ``prediction``, ``scale`` and ``error`` (the standardised error relative to the key's recent errors).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def replay_series(
     score = np.empty(total, dtype=np.float32)
     out_pred = np.empty((total, f), dtype=np.float32)
     out_scale = np.empty((total, f), dtype=np.float32)
-    surprise = np.empty(total, dtype=np.float32)
+    error = np.empty(total, dtype=np.float32)
     flag = np.empty(total, dtype=bool)
     late = np.empty(total, dtype=bool)
     dropped = np.empty(total, dtype=bool)
@@ -70,7 +70,7 @@ def replay_series(
         times = np.fromiter((times_all[i][p] for i, p in zip(s_ids.tolist(), p_ids.tolist(), strict=True)), dtype=np.float64, count=len(keys))
         values = np.stack([values_all[i][p] for i, p in zip(s_ids.tolist(), p_ids.tolist(), strict=True)]) if keys else np.zeros((0, f), np.float32)
         r = engine.process(keys, times, values)
-        score[sl], out_pred[sl], out_scale[sl], surprise[sl] = r.score, r.prediction, r.scale, r.surprise
+        score[sl], out_pred[sl], out_scale[sl], error[sl] = r.score, r.prediction, r.scale, r.error
         flag[sl], late[sl], dropped[sl] = r.flag, r.late, r.dropped
     # Back to per-series, file order.
     out: list[KeyResult] = []
@@ -80,7 +80,7 @@ def replay_series(
     for s, n in zip(series, lengths.tolist(), strict=True):
         idx = inv[offset : offset + n]
         offset += n
-        res = Results(out_pred[idx], out_scale[idx], surprise[idx], score[idx], flag[idx], late[idx], dropped[idx])
+        res = Results(out_pred[idx], out_scale[idx], error[idx], score[idx], flag[idx], late[idx], dropped[idx])
         out.append(KeyResult(s, res))
     return out
 
@@ -101,7 +101,7 @@ def write_results(out_dir: Path, items: list[KeyResult], key_column: str | None)
         names = group[0].series.feature_names
         single = len(names) == 1
         pred_cols = ["prediction", "scale"] if single else [f"{p}_{n}" for p in ("prediction", "scale") for n in names]
-        header = ["timestamp", *([key_column] if key_column else []), *names, "anomaly_score", "is_anomaly", *pred_cols, "surprise"]
+        header = ["timestamp", *([key_column] if key_column else []), *names, "anomaly_score", "is_anomaly", *pred_cols, "error"]
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(header)
@@ -112,7 +112,7 @@ def write_results(out_dir: Path, items: list[KeyResult], key_column: str | None)
                     preds = [_fmt(v) for v in r.prediction[i]] + [_fmt(v) for v in r.scale[i]]
                     if single:
                         preds = [preds[0], preds[1]]
-                    w.writerow([ts, *([s.key] if key_column else []), *vals, f"{r.score[i]:.6f}", int(r.flag[i]), *preds, _fmt(r.surprise[i])])
+                    w.writerow([ts, *([s.key] if key_column else []), *vals, f"{r.score[i]:.6f}", int(r.flag[i]), *preds, _fmt(r.error[i])])
         written.append(path)
     return written
 

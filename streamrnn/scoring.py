@@ -1,27 +1,31 @@
 """From prediction error to a calibrated anomaly score in [0, 1], and the flag rule.
 
-Three stages, all vectorised over the keys of a wave, with O(1) state per key:
+All stages are vectorised over the keys of a wave and keep O(1) state per key and feature:
 
-1. **Surprise.** The forecaster predicted N(mu, sigma^2) for the normalised value z. The surprise
-   is -log of the two-sided tail probability ``p = 2 * Phi(-|z - mu| / sigma)``, averaged over
-   the features present. If the forecaster is calibrated, p is uniform and the surprise is
-   exponential with mean 1 whatever the key's scale or noise; it is capped at ``max_surprise``.
-2. **Smoothing.** An exponential moving average over ``short_horizon`` events.
-3. **Calibration per key** (after HTM's anomaly likelihood, Ahmad et al. 2017, and the idea of
-   Merlion's calibrator: map each key's scores onto a common distribution). Two views, and the
-   score is the larger:
-   - *sustained*: the smoothed surprise is compared with the key's own long-run exponentially
-     weighted mean and variance of it (``long_horizon`` events); the tail probability is
-     ``q = 1 - Phi((short - mean) / std)``;
-   - *instant*: one event's surprise, rescaled by the key's long-run mean surprise ``m`` (an
-     over-confident forecaster for that key has m > 1), read as an exponential tail
-     ``q = exp(-s / m)``, so a single wild reading is scored at once rather than one step late.
-   The score is ``-log10(q) / 10`` clipped to [0, 1]: 0.3 means a one-in-a-thousand deviation
-   for that key, 0.5 one in 1e5, and six decimals keep resolution where it matters.
+1. **Error.** The forecaster predicted N(mu, sigma^2) for the normalised value z. The standardised
+   error ``u = |z - mu| / sigma`` is divided by the key's own recent mean of it (an exponential
+   average over ``error_horizon`` events): ``e = u / mean(u)``, averaged over the features present.
+   ``e`` near 1 is business as usual for that key, whatever its scale, noise or how well the shared
+   model fits it; a reading the model did not see coming stands out against the key's own record.
+2. **Calibration per key** (after HTM's anomaly likelihood, Ahmad et al. 2017, and Merlion's
+   calibrator: map each key's scores onto one distribution). An exponential average of ``e`` over
+   ``short_horizon`` events (1 = none) is compared with the key's long-run exponentially weighted
+   mean and variance of it (``long_horizon`` events): ``q = 1 - Phi((short - mean) / std)``, and
+   ``L = -log10(q)``.
+3. **Range.** A value beyond everything the key has seen, by more than ``range_margin`` times the
+   range seen, is scored at least ``range_score``: a forecaster can follow a level it has never
+   met, but operators want to hear about it.
+
+The score is ``L / (L + 5)``: 0.5 for a one-in-1e5 deviation, 0.67 for 1e-10, never saturating, so
+six decimals still rank the strongest events. A key scores 0 while in warm-up.
 
 A key is flagged when its score is at or above ``threshold``, it has seen at least ``warmup``
 events, and it has not been flagged in the last ``cooldown`` events. Flagged events do not update
-the long-run statistics (nor the normaliser): anomalies must not become normal.
+the error mean, the long-run statistics, the range, nor the normaliser: anomalies must not become
+normal.
+
+Defaults were chosen on the NAB development subset (docs/quality.md says how, and how far that
+choice may flatter the figures).
 """
 
 from __future__ import annotations
@@ -34,48 +38,82 @@ from torch import Tensor
 from .config import ScoringConfig
 
 # Per-key scorer state columns.
-SHORT, LONG_MEAN, LONG_VAR, COUNT, RAW_MEAN = range(5)
-N_SCORER = 5
+SHORT, LONG_MEAN, LONG_VAR, COUNT = range(4)
+N_SCORER = 4
+# Per-key, per-feature columns: recent mean standardised error, lowest and highest value seen.
+ERR_MEAN, LOW, HIGH = range(3)
+N_TRACK = 3
+TRACK_INIT = (0.0, math.inf, -math.inf)
 
-_LOG2 = math.log(2.0)
 _LN10 = math.log(10.0)
-# Variance floor for the long-run statistics: a key whose surprise never varies is not infinitely sure.
-_MIN_LONG_VAR = 0.01
-# Floor on a key's mean surprise when rescaling the instant view (a calibrated forecaster has 1).
-_MIN_RAW_MEAN = 0.5
+# Variance floor for the long-run statistics: a key whose error never varies is not infinitely sure.
+_MIN_LONG_VAR = 1e-4
+# Floor on the recent mean error, in standard deviations: a perfect fit must not make noise infinite.
+_MIN_ERR_MEAN = 1e-3
+# L at which the score is 0.5.
+_HALF = 5.0
 
 
-def surprise(z: Tensor, mu: Tensor, sigma: Tensor, cap: float) -> Tensor:
-    """Mean over present features of -log(two-sided tail probability).
+def relative_error(z: Tensor, mu: Tensor, sigma: Tensor, track: Tensor) -> tuple[Tensor, Tensor]:
+    """Error of each key relative to its own recent errors.
 
-    Inputs: z, mu, sigma (B, F); z is NaN where missing. Output: (B,), 0 where nothing is present.
+    Inputs: z, mu, sigma (B, F), z NaN where missing; track (B, 3, F).
+    Outputs: e (B,) mean over present features (0 where none); u (B, F) standardised error.
     """
     present = ~torch.isnan(z)  # (B, F)
-    u = torch.nan_to_num((z - mu) / sigma).abs()  # (B, F)
-    s = -(_LOG2 + torch.special.log_ndtr(-u))  # (B, F)
-    s = torch.clamp(s, 0.0, cap) * present  # (B, F)
+    u = torch.nan_to_num((z - mu).abs() / sigma)  # (B, F)
+    m = track[:, ERR_MEAN]  # (B, F)
+    rel = torch.where(m > 0, u / torch.clamp(m, min=_MIN_ERR_MEAN), torch.ones_like(u)) * present  # (B, F)
     n = present.sum(dim=1)  # (B,)
-    return s.sum(dim=1) / n.clamp_min(1)  # (B,)
+    return rel.sum(dim=1) / n.clamp_min(1), u
 
 
-def score(stats: Tensor, s: Tensor, cfg: ScoringConfig) -> tuple[Tensor, Tensor]:
-    """Smooth and calibrate. Inputs: stats (B, N_SCORER), s (B,). Outputs: score (B,), short (B,)."""
+def out_of_range(x: Tensor, track: Tensor, margin: float) -> Tensor:
+    """Keys with a present value beyond their seen range by more than ``margin`` times it.
+
+    Inputs: x (B, F) raw values; track (B, 3, F). Output: (B,) bool.
+    """
+    lo, hi = track[:, LOW], track[:, HIGH]  # (B, F)
+    span = hi - lo  # (B, F); -inf before the first value, 0 after one
+    ok = span > 0  # (B, F)
+    beyond = (x > hi + margin * span) | (x < lo - margin * span)  # (B, F); NaN compares false
+    return (beyond & ok).any(dim=1)
+
+
+def update_track(
+    track: Tensor, x: Tensor, u: Tensor, learn_error: Tensor, learn_range: Tensor, horizon: float
+) -> Tensor:
+    """Error mean (where ``learn_error``) and range (where ``learn_range``) after this event.
+
+    Inputs: track (B, 3, F), x (B, F) raw values, u (B, F), learn_error and learn_range (B,) bool.
+    Output: (B, 3, F). Missing values change nothing.
+    """
+    present = ~torch.isnan(x)  # (B, F)
+    m = track[:, ERR_MEAN]  # (B, F)
+    new_m = torch.where(m > 0, m + (u - m) / horizon, torch.clamp(u, min=_MIN_ERR_MEAN))  # (B, F)
+    m = torch.where(present & learn_error.unsqueeze(1), new_m, m)  # (B, F)
+    xv = torch.where(present & learn_range.unsqueeze(1), x, track[:, LOW])  # (B, F)
+    lo = torch.minimum(track[:, LOW], xv)  # (B, F)
+    xv = torch.where(present & learn_range.unsqueeze(1), x, track[:, HIGH])  # (B, F)
+    hi = torch.maximum(track[:, HIGH], xv)  # (B, F)
+    return torch.stack([m, lo, hi], dim=1)  # (B, 3, F)
+
+
+def score(stats: Tensor, e: Tensor, cfg: ScoringConfig) -> tuple[Tensor, Tensor]:
+    """Calibrate. Inputs: stats (B, N_SCORER), e (B,). Outputs: score (B,), short (B,)."""
     count = stats[:, COUNT]  # (B,)
-    a_short = 1.0 / cfg.short_horizon
-    short = torch.where(count > 0, stats[:, SHORT] + a_short * (s - stats[:, SHORT]), s)  # (B,)
+    short = torch.where(count > 0, stats[:, SHORT] + (e - stats[:, SHORT]) / cfg.short_horizon, e)  # (B,)
     std = torch.sqrt(torch.clamp(stats[:, LONG_VAR], min=_MIN_LONG_VAR))  # (B,)
     zs = (short - stats[:, LONG_MEAN]) / std  # (B,)
-    # -log10(1 - Phi(zs)) / 10 = -log_ndtr(-zs) / (10 ln 10)
-    sustained = -torch.special.log_ndtr(-zs) / (10.0 * _LN10)  # (B,)
-    instant = s / torch.clamp(stats[:, RAW_MEAN], min=_MIN_RAW_MEAN) / (10.0 * _LN10)  # (B,)
-    sc = torch.clamp(torch.maximum(sustained, instant), 0.0, 1.0)  # (B,)
+    lg = torch.clamp(-torch.special.log_ndtr(-zs) / _LN10, min=0.0)  # (B,) -log10 of the tail
+    sc = lg / (lg + _HALF)  # (B,)
     return torch.where(count > 1, sc, torch.zeros_like(sc)), short
 
 
-def update(stats: Tensor, s: Tensor, short: Tensor, learn: Tensor, cfg: ScoringConfig) -> Tensor:
+def update(stats: Tensor, short: Tensor, learn: Tensor, cfg: ScoringConfig) -> Tensor:
     """Long-run statistics after this event; unchanged where ``learn`` is false (flagged events).
 
-    Inputs: stats (B, N_SCORER), s and short (B,), learn (B,) bool. Output: (B, N_SCORER).
+    Inputs: stats (B, N_SCORER), short (B,), learn (B,) bool. Output: (B, N_SCORER).
     """
     count = stats[:, COUNT]  # (B,)
     n1 = count + 1.0  # (B,)
@@ -83,10 +121,9 @@ def update(stats: Tensor, s: Tensor, short: Tensor, learn: Tensor, cfg: ScoringC
     delta = short - stats[:, LONG_MEAN]  # (B,)
     mean = stats[:, LONG_MEAN] + a * delta  # (B,)
     var = (1.0 - a) * (stats[:, LONG_VAR] + a * delta * delta)  # (B,)
-    raw_mean = torch.where(count > 0, stats[:, RAW_MEAN] + a * (s - stats[:, RAW_MEAN]), s)  # (B,)
-    new = torch.stack([short, mean, var, n1, raw_mean], dim=1)  # (B, 5)
+    new = torch.stack([short, mean, var, n1], dim=1)  # (B, 4)
     # The short average always follows the data; the long-run statistics skip flagged events.
-    kept = torch.stack([short, stats[:, LONG_MEAN], stats[:, LONG_VAR], count, stats[:, RAW_MEAN]], dim=1)  # (B, 5)
+    kept = torch.stack([short, stats[:, LONG_MEAN], stats[:, LONG_VAR], count], dim=1)  # (B, 4)
     return torch.where(learn.unsqueeze(1), new, kept)
 
 

@@ -24,11 +24,23 @@ SNAPSHOT_FORMAT = 1
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One per-key field: its shape per row, dtype and the value a fresh row starts with."""
+    """One per-key field: its shape per row, dtype and the value a fresh row starts with.
+
+    ``init`` is one value for the whole row, or a tuple of one value per index of the row's
+    first dimension.
+    """
 
     shape: tuple[int, ...]
     dtype: torch.dtype
-    init: float = 0.0
+    init: float | tuple[float, ...] = 0.0
+
+    def init_row(self) -> Tensor:
+        if isinstance(self.init, tuple):
+            if not self.shape or len(self.init) != self.shape[0]:
+                raise ValueError(f"init must have {self.shape[0] if self.shape else 0} values, got {self.init}")
+            vals = torch.tensor(self.init, dtype=self.dtype)  # (shape[0],)
+            return vals.view(-1, *([1] * (len(self.shape) - 1))).expand(self.shape).clone()
+        return torch.full(self.shape, self.init, dtype=self.dtype)
 
 
 class StateStore:
@@ -68,7 +80,8 @@ class StateStore:
         self.evicted_total = 0
 
     def _fresh(self, spec: FieldSpec, n: int) -> Tensor:
-        return torch.full((n, *spec.shape), spec.init, dtype=spec.dtype, device=self.device)
+        row = spec.init_row().to(self.device)  # (*shape)
+        return row.unsqueeze(0).expand(n, *spec.shape).clone()  # (n, *shape)
 
     def __len__(self) -> int:
         return len(self.key_to_row)
@@ -162,7 +175,7 @@ class StateStore:
     def reset_rows(self, rows: np.ndarray) -> None:
         idx = torch.as_tensor(rows, device=self.device)
         for name, spec in self.specs.items():
-            self.tensors[name][idx] = spec.init
+            self.tensors[name][idx] = spec.init_row().to(self.device)
 
     def drop(self, keys: Iterable[str]) -> int:
         """Forget keys (a revoked partition's, say). Returns how many were resident."""

@@ -55,7 +55,7 @@ def test_replay_scores_injected_spike_highest(trained: tuple[Path, Path]) -> Non
     out = root / "results"
     assert main(["replay", "--model", str(model), "--data", str(root / "live"), "--out", str(out), "--plot"]) == 0
     rows = read(out / "plant" / "a.csv")
-    assert list(rows[0]) == ["timestamp", "value", "anomaly_score", "is_anomaly", "prediction", "scale", "surprise"]
+    assert list(rows[0]) == ["timestamp", "value", "anomaly_score", "is_anomaly", "prediction", "scale", "error"]
     score = np.array([float(r["anomaly_score"]) for r in rows])
     flag = np.array([int(r["is_anomaly"]) for r in rows])
     assert int(np.argmax(score)) == SPIKE

@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 LAG_INTERVAL_S = 5.0  # consumer lag is refreshed at most this often
-HEALTH_MIN_S = 30.0  # /healthz fails when the loop has not iterated for max(this, max_poll_interval)
+# /healthz fails when the loop has not iterated for max(this, max_poll_interval_ms)
+HEALTH_MIN_S = 30.0
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
@@ -140,6 +141,7 @@ class _Partition:
     restored: bool = False
     dirty: bool = False  # events since the last checkpoint
     unsafe: bool = False  # outputs of a batch were never acknowledged: never checkpoint again
+    committed: int | None = None  # the last offset this instance committed
     keys: set[str] = field(default_factory=set)
 
 
@@ -196,7 +198,9 @@ class Detector:
             service=config.service,
         )
         self.svc = svc
-        self.engine = Engine(loaded.model, self.config, device=self.device, model_version=loaded.version)
+        self.engine = Engine(
+            loaded.model, self.config, device=self.device, model_version=loaded.version
+        )
         self.decoder = Decoder(config.input, loaded.feature_names)
         self.feature_names = names
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -249,6 +253,7 @@ class Detector:
         Returns False when :meth:`stop` was called first."""
         from kafka import KafkaConsumer, KafkaProducer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
+        from kafka.errors import KafkaError
 
         svc = self.svc
         detector = self
@@ -278,7 +283,11 @@ class Detector:
                 self._ensure_topics()
                 if svc.state_topic:
                     kafka_store = KafkaCheckpoints(
-                        svc.bootstrap_servers, svc.state_topic, svc.group, self._producer
+                        svc.bootstrap_servers,
+                        svc.state_topic,
+                        svc.group,
+                        self._producer,
+                        timeout_s=min(30.0, svc.shutdown_timeout_s / 2),
                     )
                     kafka_store.ensure_topic()
                     self.store = CheckpointStore(self.local, kafka_store)
@@ -305,12 +314,16 @@ class Detector:
                     svc.group,
                 )
                 return True
-            except Exception as e:  # kafka errors of every kind while connecting: retried
+            except (KafkaError, CheckpointError, OSError) as e:  # broker away: retried
                 self.metrics.broker_errors.inc()
                 self._close_clients(timeout_s=1.0)
                 delay = backoff.next()
-                log.warning("cannot connect to Kafka at %s: %s; retrying in %.1f s",
-                            ",".join(svc.bootstrap_servers), e, delay)  # fmt: skip
+                log.warning(
+                    "cannot connect to Kafka at %s: %s; retrying in %.1f s",
+                    ",".join(svc.bootstrap_servers),
+                    e,
+                    delay,
+                )
                 self._stop.wait(delay)
         return False
 
@@ -320,7 +333,9 @@ class Detector:
 
         svc = self.svc
         wanted = [t for t in (svc.alerts_topic, svc.dlq_topic, svc.scores_topic) if t]
-        admin = KafkaAdminClient(bootstrap_servers=list(svc.bootstrap_servers), bootstrap_timeout_ms=10_000)
+        admin = KafkaAdminClient(
+            bootstrap_servers=list(svc.bootstrap_servers), bootstrap_timeout_ms=10_000
+        )
         try:
             existing = set(admin.list_topics())
             missing = [t for t in wanted if t not in existing]
@@ -335,8 +350,12 @@ class Detector:
                 if code in (0, 36):
                     log.info("output topic %s ready", t.get("name"))
                 else:
-                    log.warning("could not create output topic %s: error %s %s",
-                                t.get("name"), code, t.get("error_message"))  # fmt: skip
+                    log.warning(
+                        "could not create output topic %s: error %s %s",
+                        t.get("name"),
+                        code,
+                        t.get("error_message"),
+                    )
         finally:
             admin.close()
 
@@ -362,7 +381,11 @@ class Detector:
         try:
             try:
                 self._http = start_http(
-                    self.registry, self.svc.metrics_host, self.svc.metrics_port, self._healthy, self._ready
+                    self.registry,
+                    self.svc.metrics_host,
+                    self.svc.metrics_port,
+                    self._healthy,
+                    self._ready,
                 )
             except OSError as e:
                 raise ConfigError(
@@ -400,8 +423,10 @@ class Detector:
             return lambda: None
 
         def on_stop(signum: int, _frame: Any) -> None:
-            log.info("received %s: finishing the batch and stopping (Ctrl+C again to force)",
-                     signal.Signals(signum).name)  # fmt: skip
+            log.info(
+                "received %s: finishing the batch and stopping (Ctrl+C again to force)",
+                signal.Signals(signum).name,
+            )
             self.stop()
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -502,8 +527,11 @@ class Detector:
             late_scored = int((res.late & kept).sum())
             if late_scored:
                 self.late_total += late_scored
-                log.info("%d late event(s) scored (input.late_events: score); %d so far",
-                         late_scored, self.late_total)  # fmt: skip
+                log.info(
+                    "%d late event(s) scored (input.late_events: score); %d so far",
+                    late_scored,
+                    self.late_total,
+                )
             common = {
                 "prediction": res.prediction,
                 "score": res.score,
@@ -536,9 +564,8 @@ class Detector:
             m.anomaly(topic, n)
         if n_alerts:
             m.alerts_published.inc(n_alerts)
-        m.observe_scores(kept_scores.tolist())
-        for lag in (now - kept_times).tolist():
-            m.event_lag.observe(max(0.0, lag))
+        m.observe_scores(kept_scores)
+        m.observe_event_lags(now - kept_times)
         imputed, evicted = self.engine.imputed_total, self.engine.store.evicted_total
         if imputed > self._imputed_seen:
             m.imputed_values.inc(imputed - self._imputed_seen)
@@ -558,20 +585,29 @@ class Detector:
     def _dead_letter(
         self, rec: Any, reason: str, detail: str
     ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
-        headers = list(rec.headers or []) + dlq_headers(reason, detail, rec.topic, rec.partition, rec.offset)
+        headers = list(rec.headers or []) + dlq_headers(
+            reason, detail, rec.topic, rec.partition, rec.offset
+        )
         return (self.svc.dlq_topic, rec.key, rec.value, headers)
 
     def _track_keys(self, batch: Batch) -> None:
         """Remember each key's (latest) partition: checkpoints are per partition."""
-        last = dict(zip(batch.keys, zip(batch.topics, batch.partitions.tolist(), strict=True), strict=True))
+        last = dict(
+            zip(batch.keys, zip(batch.topics, batch.partitions.tolist(), strict=True), strict=True)
+        )
         for key, tp in last.items():
             old = self._key_tp.get(key)
             if old == tp:
                 continue
             if old is not None:
                 self.moved_keys_total += 1
-                log.warning("key %r moved from %s-%d to %s-%d; its state follows it "
-                            "(per-key order holds only within one partition)", key, *old, *tp)  # fmt: skip
+                log.warning(
+                    "key %r moved from %s-%d to %s-%d; its state follows it "
+                    "(per-key order holds only within one partition)",
+                    key,
+                    *old,
+                    *tp,
+                )
                 if old in self._parts:
                     self._parts[old].keys.discard(key)
             self._key_tp[key] = tp
@@ -595,11 +631,17 @@ class Detector:
             error: Exception | None = None
             try:
                 for topic, key, value, headers in pending:
-                    futures.append(self._producer.send(topic, key=key, value=value, headers=headers))
+                    futures.append(
+                        self._producer.send(topic, key=key, value=value, headers=headers)
+                    )
                 self._producer.flush(timeout=self._flush_timeout(deadline))
             except KafkaError as e:
                 error = e
-            failed = [m for m, f in zip(pending, futures, strict=False) if not (f.is_done and f.succeeded())]
+            failed = [
+                m
+                for m, f in zip(pending, futures, strict=False)
+                if not (f.is_done and f.succeeded())
+            ]
             failed += pending[len(futures) :]
             if not failed:
                 return True
@@ -611,13 +653,21 @@ class Detector:
                 if deadline is None:
                     deadline = time.monotonic() + self.svc.shutdown_timeout_s
                 if time.monotonic() >= deadline:
-                    log.error("%d message(s) not acknowledged before the shutdown timeout (%r); "
-                              "not committing: the next start processes them again",
-                              len(failed), error)  # fmt: skip
+                    log.error(
+                        "%d message(s) not acknowledged before the shutdown timeout (%r); "
+                        "not committing: the next start processes them again",
+                        len(failed),
+                        error,
+                    )
                     return False
             delay = backoff.next()
-            log.warning("%d of %d message(s) not acknowledged (%r); retrying in %.1f s",
-                        len(failed), len(pending), error, delay)  # fmt: skip
+            log.warning(
+                "%d of %d message(s) not acknowledged (%r); retrying in %.1f s",
+                len(failed),
+                len(pending),
+                error,
+                delay,
+            )
             if self._stop.is_set():
                 time.sleep(min(delay, max(0.0, (deadline or 0.0) - time.monotonic())))
             else:
@@ -629,20 +679,25 @@ class Detector:
             return max(30.0, self.svc.retry_backoff_max_s)
         return max(0.1, deadline - time.monotonic())
 
-    def _commit(self, offsets: dict[TP, int]) -> None:
+    def _commit(self, offsets: dict[TP, int], timeout_s: float = 30.0) -> None:
         from kafka import TopicPartition
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
         todo = {
-            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+            (t, p): o
             for (t, p), o in offsets.items()
-            if (t, p) in self._parts
+            if (t, p) in self._parts and self._parts[(t, p)].committed != o
         }
         if not todo:
             return
         try:
-            self._consumer.commit(todo)
+            self._consumer.commit(
+                {TopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in todo.items()},
+                timeout_ms=int(timeout_s * 1000),
+            )
+            for tp, o in todo.items():
+                self._parts[tp].committed = o
         except KafkaError as e:  # the next commit covers these offsets; state is checkpointed apart
             self.metrics.broker_errors.inc()
             log.warning("offset commit failed (%r); the next batch's commit covers it", e)
@@ -666,6 +721,8 @@ class Detector:
 
     def _on_revoked(self, revoked: Iterable[Any]) -> None:
         tps = [(tp.topic, tp.partition) for tp in revoked]
+        if not tps:
+            return
         log.info("partitions revoked: %s", _fmt_tps(tps))
         if not self._crashed:
             self._checkpoint([tp for tp in tps if tp in self._parts])
@@ -676,7 +733,9 @@ class Detector:
 
     def _on_lost(self, lost: Iterable[Any]) -> None:
         tps = [(tp.topic, tp.partition) for tp in lost]
-        log.warning("partitions lost (membership expired): %s; dropping their state unsaved", _fmt_tps(tps))
+        log.warning(
+            "partitions lost (membership expired): %s; dropping their state unsaved", _fmt_tps(tps)
+        )
         for tp in tps:
             self._forget(tp)
         self.metrics.set_assignment(list(self._parts))
@@ -723,8 +782,13 @@ class Detector:
                     offset = int(extra["offsets"][offsets_key(*tp)])
                     keys = [str(k) for k in extra.get("keys", [])]
                 except Exception as e:  # corrupt or incompatible snapshot: fall back to fresh state
-                    log.error("checkpoint of %s-%d (%s) cannot be restored: %s; starting it with "
-                              "fresh state from its committed offset", *tp, ck.origin, e)  # fmt: skip
+                    log.error(
+                        "checkpoint of %s-%d (%s) cannot be restored: %s; starting it with "
+                        "fresh state from its committed offset",
+                        *tp,
+                        ck.origin,
+                        e,
+                    )
                     offset = None
                 else:
                     for k in keys:
@@ -732,16 +796,24 @@ class Detector:
                     part.keys = set(keys)
                     self._consumer.seek(ktp, offset)
                     version = extra.get("model_version")
-                    log.info("restored %d key(s) of %s-%d from the %s checkpoint at offset %d "
-                             "(written %.0f s ago%s)", len(keys), *tp, ck.origin, offset,
-                             time.time() - ck.written_at,
-                             "" if version == self.engine.model_version else f" by model {version}")  # fmt: skip
+                    log.info(
+                        "restored %d key(s) of %s-%d from the %s checkpoint at offset %d "
+                        "(written %.0f s ago%s)",
+                        len(keys),
+                        *tp,
+                        ck.origin,
+                        offset,
+                        time.time() - ck.written_at,
+                        "" if version == self.engine.model_version else f" by model {version}",
+                    )
             if offset is None:
-                offset = self._consumer.position(ktp)  # committed offset, else auto_offset_reset
+                # The committed offset, else auto_offset_reset.
+                offset = self._consumer.position(ktp, timeout_ms=30_000)
                 fresh.append(tp)
                 log.info("no checkpoint for %s-%d: fresh state from offset %d", *tp, offset)
             part.offset, part.restored, part.dirty = offset, True, False
-        if fresh:  # an empty checkpoint at once: a crash before the first periodic one skips nothing
+        if fresh:
+            # An empty checkpoint at once: a crash before the first periodic one skips nothing.
             self._checkpoint(fresh, force=True)
         self._pending.difference_update(tps)
         self._consumer.resume(*[TopicPartition(*tp) for tp in tps])
@@ -775,8 +847,15 @@ class Detector:
                     "partition": tp[1],
                 },
             )
-            framed = encode(self.svc.group, tp[0], tp[1], part.offset, data,
-                            keys=len(keys), model=self.engine.model_version)  # fmt: skip
+            framed = encode(
+                self.svc.group,
+                tp[0],
+                tp[1],
+                part.offset,
+                data,
+                keys=len(keys),
+                model=self.engine.model_version,
+            )
             items.append((tp[0], tp[1], framed))
             written.append(part)
         ok = True
@@ -814,14 +893,24 @@ class Detector:
             loaded = load_model(model_dir, self.device)
         except Exception as e:  # a broken or half-written directory: keep serving the old model
             self.metrics.model_reload("error")
-            log.error("model reload from %s failed: %s; still serving %s", model_dir, e, self.engine.model_version)
+            log.error(
+                "model reload from %s failed: %s; still serving %s",
+                model_dir,
+                e,
+                self.engine.model_version,
+            )
             return
         if len(loaded.feature_names) != self.decoder.n_features:
             self.metrics.model_reload("refused")
-            log.error("model reload refused: %s predicts %d feature(s) (%s), the running model %d; "
-                      "still serving %s", loaded.version, len(loaded.feature_names),
-                      ", ".join(loaded.feature_names), self.decoder.n_features,
-                      self.engine.model_version)  # fmt: skip
+            log.error(
+                "model reload refused: %s predicts %d feature(s) (%s), the running model %d; "
+                "still serving %s",
+                loaded.version,
+                len(loaded.feature_names),
+                ", ".join(loaded.feature_names),
+                self.decoder.n_features,
+                self.engine.model_version,
+            )
             return
         old = self.engine.model_version
         try:
@@ -831,11 +920,19 @@ class Detector:
             log.error("model reload refused: %s; still serving %s", e, old)
             return
         if loaded.config.features != self.config.features:
-            log.warning("model %s was trained with other features settings; the running "
-                        "normaliser settings stay until restart", loaded.version)  # fmt: skip
+            log.warning(
+                "model %s was trained with other features settings; the running "
+                "normaliser settings stay until restart",
+                loaded.version,
+            )
         self.metrics.model_reload("ok")
         self._set_model_metric(loaded)
-        log.info("model reloaded: %s -> %s (state of %d key(s) kept)", old, loaded.version, len(self.engine.store))
+        log.info(
+            "model reloaded: %s -> %s (state of %d key(s) kept)",
+            old,
+            loaded.version,
+            len(self.engine.store),
+        )
 
     # ------------------------------------------------------------------------------------------
     # Shutdown
@@ -843,14 +940,21 @@ class Detector:
     def _shutdown(self) -> int:
         t0 = time.monotonic()
         deadline = t0 + self.svc.shutdown_timeout_s
-        log.info("shutting down: flushing, committing, checkpointing %d partition(s)", len(self._parts))
+        log.info(
+            "shutting down: flushing, committing, checkpointing %d partition(s)", len(self._parts)
+        )
         unsafe = sorted(tp for tp, p in self._parts.items() if p.unsafe)
         try:
             self._producer.flush(timeout=max(0.1, deadline - time.monotonic()))
         except Exception as e:  # nothing is in flight after a completed batch; log and go on
             log.warning("final flush failed: %r", e)
         self._commit(
-            {tp: p.offset for tp, p in self._parts.items() if p.offset is not None and p.restored and not p.unsafe}
+            {
+                tp: p.offset
+                for tp, p in self._parts.items()
+                if p.offset is not None and p.restored and not p.unsafe
+            },
+            timeout_s=max(0.1, deadline - time.monotonic()),
         )
         self._checkpoint(list(self._parts))
         remaining = max(0.1, deadline - time.monotonic())
@@ -863,8 +967,11 @@ class Detector:
         self._close_clients(timeout_s=max(0.1, deadline - time.monotonic()))
         self.metrics.set_assignment([])
         if unsafe:
-            log.error("stopped in %.1f s; %s not checkpointed past their last acknowledged batch",
-                      time.monotonic() - t0, _fmt_tps(unsafe))  # fmt: skip
+            log.error(
+                "stopped in %.1f s; %s not checkpointed past their last acknowledged batch",
+                time.monotonic() - t0,
+                _fmt_tps(unsafe),
+            )
             return 1
         log.info("stopped in %.1f s", time.monotonic() - t0)
         return 0

@@ -221,7 +221,9 @@ class KafkaCheckpoints:
         self.producer = producer
         self.timeout_s = timeout_s
         self.client_id = client_id
-        self._previous: dict[str, tuple[str, int]] = {}  # base key -> (id, chunks) last written/read
+        self._previous: dict[
+            str, tuple[str, int]
+        ] = {}  # base key -> (id, chunks) last written/read
         self._n_partitions: int | None = None
 
     def base_key(self, topic: str, partition: int) -> str:
@@ -276,7 +278,9 @@ class KafkaCheckpoints:
             base = self.base_key(topic, partition)
             part = self._partition_for(base)
             cid = uuid.uuid4().hex[:16]
-            chunks = [framed[i : i + CHUNK_BYTES] for i in range(0, len(framed), CHUNK_BYTES)] or [b""]
+            chunks = [framed[i : i + CHUNK_BYTES] for i in range(0, len(framed), CHUNK_BYTES)] or [
+                b""
+            ]
             for i, chunk in enumerate(chunks):
                 futures.append(
                     self.producer.send(
@@ -306,7 +310,10 @@ class KafkaCheckpoints:
                 for i in range(old[1]):
                     tombstones.append(
                         self.producer.send(
-                            self.topic, key=f"{base}#{old[0]}/{i}".encode(), value=None, partition=part
+                            self.topic,
+                            key=f"{base}#{old[0]}/{i}".encode(),
+                            value=None,
+                            partition=part,
                         )
                     )
         if tombstones:
@@ -407,11 +414,17 @@ class KafkaCheckpoints:
             return
         chunks = pending[base].get(cid, {})
         if any(i not in chunks for i in range(n)):
-            log.warning("state topic: checkpoint %s of %s lacks chunks; keeping the previous one", cid, base)
+            log.warning(
+                "state topic: checkpoint %s of %s lacks chunks; keeping the previous one", cid, base
+            )
             return
         framed = b"".join(chunks[i] for i in range(n))
         if hashlib.sha256(framed).hexdigest() != m.get("sha256"):
-            log.warning("state topic: checkpoint %s of %s fails its sha256; keeping the previous one", cid, base)
+            log.warning(
+                "state topic: checkpoint %s of %s fails its sha256; keeping the previous one",
+                cid,
+                base,
+            )
             return
         latest[base] = (framed, cid, n)
         pending[base] = {}
@@ -479,7 +492,12 @@ class CheckpointStore:
         if (ck.group, ck.topic, ck.partition) != (self.group, topic, partition):
             log.error(
                 "checkpoint for %s/%s-%d holds %s/%s-%d; ignoring it",
-                self.group, topic, partition, ck.group, ck.topic, ck.partition,
-            )  # fmt: skip
+                self.group,
+                topic,
+                partition,
+                ck.group,
+                ck.topic,
+                ck.partition,
+            )
             return False
         return True

@@ -37,13 +37,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="topic to consume; repeat for several (service.topics)",
     )
-    parser.add_argument("--topic-pattern", help="regular expression of topics to consume (service.topic_pattern)")
+    parser.add_argument(
+        "--topic-pattern", help="regular expression of topics to consume (service.topic_pattern)"
+    )
     parser.add_argument("--group", help="consumer group (service.group)")
-    parser.add_argument("--model", help="model directory written by `streamrnn train` (service.model)")
+    parser.add_argument(
+        "--model", help="model directory written by `streamrnn train` (service.model)"
+    )
     parser.add_argument("--alerts-topic", help="topic receiving alerts (service.alerts_topic)")
     parser.add_argument("--dlq-topic", help="dead-letter topic (service.dlq_topic)")
-    parser.add_argument("--scores-topic", help="topic receiving every event's score (service.scores_topic)")
-    parser.add_argument("--state-dir", help="directory of per-partition checkpoints (service.state_dir)")
+    parser.add_argument(
+        "--scores-topic", help="topic receiving every event's score (service.scores_topic)"
+    )
+    parser.add_argument(
+        "--state-dir", help="directory of per-partition checkpoints (service.state_dir)"
+    )
     parser.add_argument(
         "--metrics-port",
         type=int,
