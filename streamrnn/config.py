@@ -102,8 +102,9 @@ class ScoringConfig:
     range_score: float = _rule(0.99, lambda x: 0 <= x <= 1, "must be in [0, 1]")
     # A key is not flagged (and scores 0) before it has seen this many events.
     warmup: int = _rule(150, _nonneg, "must be an integer >= 0")
-    # Flag when the score is at or above this (0.5 = a one-in-1e5 deviation, 0.67 = 1e-10).
-    threshold: float = _rule(0.65, _unit_open, "must be in (0, 1)")
+    # Flag when the score is at or above this (0.5 = a one-in-1e5 deviation, 0.67 = 1e-10, 0.8 = 1e-20;
+    # a value beyond the seen range scores range_score).
+    threshold: float = _rule(0.8, _unit_open, "must be in (0, 1)")
     # Events after an alert during which the same key is not flagged again.
     cooldown: int = _rule(50, _nonneg, "must be an integer >= 0")
 
