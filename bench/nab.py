@@ -43,17 +43,36 @@ ROOT = Path(__file__).resolve().parents[1]
 def nab_dir() -> Path | None:
     env = os.environ.get("STREAMRNN_NAB_DIR")
     p = Path(env) if env else ROOT.parent / "shared" / "data" / "nab-dev"
-    return p if (p / "data").is_dir() and (p / "labels" / "combined_windows.json").is_file() else None
+    return (
+        p if (p / "data").is_dir() and (p / "labels" / "combined_windows.json").is_file() else None
+    )
 
 
 def synthetic_series(seed: int = 0) -> list[Series]:
     out = []
     for kind in ("sensor", "energy"):
-        gen = synth.generate(kind, n_keys=12, n_steps=3000, start="2024-01-01", interval_s=300.0, anomalies=(), seed=seed)
+        gen = synth.generate(
+            kind,
+            n_keys=12,
+            n_steps=3000,
+            start="2024-01-01",
+            interval_s=300.0,
+            anomalies=(),
+            seed=seed,
+        )
         for g in gen:
             times = g.timestamps.astype("datetime64[ms]").astype("float64") / 1000.0  # (n,) epoch s
             values = g.values.reshape(-1, 1).astype("float32")  # (n, 1)
-            out.append(Series(f"{kind}/{g.key}", f"{kind}/{g.key}.csv", [""] * len(times), times, values, ("value",)))
+            out.append(
+                Series(
+                    f"{kind}/{g.key}",
+                    f"{kind}/{g.key}.csv",
+                    [""] * len(times),
+                    times,
+                    values,
+                    ("value",),
+                )
+            )
     return out
 
 
@@ -64,13 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/nab", help="where replay results go (default runs/nab)")
     ap.add_argument("--json", help="write the evaluation JSON here")
     ap.add_argument("--max-seconds", type=float, default=120.0, help="training budget per model")
-    ap.add_argument("--models", default="runs/nab-models", help="trained fold models are cached here; delete to retrain")
+    ap.add_argument(
+        "--models",
+        default="runs/nab-models",
+        help="trained fold models are cached here; delete to retrain",
+    )
     ap.add_argument("--retrain", action="store_true", help="train even when a cached model exists")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args(argv)
     data = nab_dir()
     if data is None:
-        print("NAB data not found: set STREAMRNN_NAB_DIR to a NAB checkout (git clone https://github.com/numenta/NAB); skipping.")
+        print(
+            "NAB data not found: set STREAMRNN_NAB_DIR to a NAB checkout (git clone https://github.com/numenta/NAB); skipping."
+        )
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,25 +112,39 @@ def main(argv: list[str] | None = None) -> int:
                 s.relpath = f"{c}/{s.relpath}"
             folds.append((c, train_s, test_s))
     else:
-        folds.append(("synthetic", synthetic_series(cfg.training.seed), load_series([data / "data"])))
+        folds.append(
+            ("synthetic", synthetic_series(cfg.training.seed), load_series([data / "data"]))
+        )
     for i, (name, train_s, test_s) in enumerate(folds):
         t1 = time.perf_counter()
         model_dir = Path(args.models) / args.protocol / name
         if args.retrain or not (model_dir / "model.json").is_file():
             result = train(train_s, cfg, device="cpu", progress=False)
-            save_model(model_dir, result.model, cfg, feature_names=("value",), metrics=result.metrics, data_summary=summarize_series(train_s))
+            save_model(
+                model_dir,
+                result.model,
+                cfg,
+                feature_names=("value",),
+                metrics=result.metrics,
+                data_summary=summarize_series(train_s),
+            )
         loaded = load_model(model_dir)
         # The model's architecture comes from its directory; scoring and features from --config.
         engine = Engine(loaded.model, cfg, model_version=loaded.version)
         items = replay_series(engine, test_s)
         write_results(out, items, None)
-        print(f"fold {i + 1}/{len(folds)} ({name}): model {loaded.version} from {len(train_s)} series, replayed {len(test_s)}; {time.perf_counter() - t1:.0f} s", flush=True)
+        print(
+            f"fold {i + 1}/{len(folds)} ({name}): model {loaded.version} from {len(train_s)} series, replayed {len(test_s)}; {time.perf_counter() - t1:.0f} s",
+            flush=True,
+        )
     report = evaluate_dir(out, data / "labels" / "combined_windows.json")
     print(format_table(report))
     print(f"protocol {args.protocol}; total {time.perf_counter() - t0:.0f} s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"protocol": args.protocol, **report.to_json()}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"protocol": args.protocol, **report.to_json()}, indent=2)
+        )
     return 0
 
 

@@ -38,7 +38,9 @@ def _rule(default: Any, check: Callable[[Any], bool] | None = None, text: str = 
     return field(default=default, metadata={"check": check, "text": text})
 
 
-def _rule_factory(factory: Callable[[], Any], check: Callable[[Any], bool] | None = None, text: str = "") -> Any:
+def _rule_factory(
+    factory: Callable[[], Any], check: Callable[[Any], bool] | None = None, text: str = ""
+) -> Any:
     return field(default_factory=factory, metadata={"check": check, "text": text})
 
 
@@ -230,7 +232,10 @@ def _describe(tp: Any) -> str:
     if origin in (tuple, list):
         return "must be a list of strings"
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + " or null"
+        return (
+            " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+            + " or null"
+        )
     return f"must be {tp}"
 
 

@@ -13,7 +13,9 @@ from .data import Series
 from .engine import Results
 
 
-def plot_file(series: Series, results: Results, path: Path, *, threshold: float, feature: int = 0) -> Path:
+def plot_file(
+    series: Series, results: Results, path: Path, *, threshold: float, feature: int = 0
+) -> Path:
     try:
         import matplotlib
 
@@ -25,10 +27,14 @@ def plot_file(series: Series, results: Results, path: Path, *, threshold: float,
     v = series.values[:, feature]
     mu = results.prediction[:, feature]
     sd = results.scale[:, feature]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(14, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(14, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     ax1.plot(t, v, lw=0.8, color="black", label=series.feature_names[feature])
     ax1.plot(t, mu, lw=0.8, color="tab:blue", label="prediction")
-    ax1.fill_between(t, mu - 2 * sd, mu + 2 * sd, color="tab:blue", alpha=0.2, lw=0, label="±2 scale")
+    ax1.fill_between(
+        t, mu - 2 * sd, mu + 2 * sd, color="tab:blue", alpha=0.2, lw=0, label="±2 scale"
+    )
     flagged = np.nonzero(results.flag)[0]
     ax1.scatter(t[flagged], v[flagged], color="red", s=30, zorder=3, label="flagged")
     ax1.set_title(f"{series.key}")

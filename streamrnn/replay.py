@@ -48,7 +48,11 @@ def replay_series(
     lengths = np.array([len(s.times) for s in series], dtype=np.int64)
     total = int(lengths.sum())
     # Interleave: event order is (row index, series index), so wave w steps row w of every key.
-    sid = np.concatenate([np.full(n, i, dtype=np.int64) for i, n in enumerate(lengths)]) if total else np.zeros(0, np.int64)
+    sid = (
+        np.concatenate([np.full(n, i, dtype=np.int64) for i, n in enumerate(lengths)])
+        if total
+        else np.zeros(0, np.int64)
+    )
     pos = np.concatenate([np.arange(n) for n in lengths]) if total else np.zeros(0, np.int64)
     order = np.lexsort((sid, pos))  # (total,)
     sid, pos = sid[order], pos[order]
@@ -67,8 +71,18 @@ def replay_series(
         sl = slice(start, min(total, start + batch_size))
         s_ids, p_ids = sid[sl], pos[sl]
         keys = [keys_all[i] for i in s_ids.tolist()]
-        times = np.fromiter((times_all[i][p] for i, p in zip(s_ids.tolist(), p_ids.tolist(), strict=True)), dtype=np.float64, count=len(keys))
-        values = np.stack([values_all[i][p] for i, p in zip(s_ids.tolist(), p_ids.tolist(), strict=True)]) if keys else np.zeros((0, f), np.float32)
+        times = np.fromiter(
+            (times_all[i][p] for i, p in zip(s_ids.tolist(), p_ids.tolist(), strict=True)),
+            dtype=np.float64,
+            count=len(keys),
+        )
+        values = (
+            np.stack(
+                [values_all[i][p] for i, p in zip(s_ids.tolist(), p_ids.tolist(), strict=True)]
+            )
+            if keys
+            else np.zeros((0, f), np.float32)
+        )
         r = engine.process(keys, times, values)
         score[sl], out_pred[sl], out_scale[sl], error[sl] = r.score, r.prediction, r.scale, r.error
         flag[sl], late[sl], dropped[sl] = r.flag, r.late, r.dropped
@@ -80,7 +94,15 @@ def replay_series(
     for s, n in zip(series, lengths.tolist(), strict=True):
         idx = inv[offset : offset + n]
         offset += n
-        res = Results(out_pred[idx], out_scale[idx], error[idx], score[idx], flag[idx], late[idx], dropped[idx])
+        res = Results(
+            out_pred[idx],
+            out_scale[idx],
+            error[idx],
+            score[idx],
+            flag[idx],
+            late[idx],
+            dropped[idx],
+        )
         out.append(KeyResult(s, res))
     return out
 
@@ -100,8 +122,20 @@ def write_results(out_dir: Path, items: list[KeyResult], key_column: str | None)
         path.parent.mkdir(parents=True, exist_ok=True)
         names = group[0].series.feature_names
         single = len(names) == 1
-        pred_cols = ["prediction", "scale"] if single else [f"{p}_{n}" for p in ("prediction", "scale") for n in names]
-        header = ["timestamp", *([key_column] if key_column else []), *names, "anomaly_score", "is_anomaly", *pred_cols, "error"]
+        pred_cols = (
+            ["prediction", "scale"]
+            if single
+            else [f"{p}_{n}" for p in ("prediction", "scale") for n in names]
+        )
+        header = [
+            "timestamp",
+            *([key_column] if key_column else []),
+            *names,
+            "anomaly_score",
+            "is_anomaly",
+            *pred_cols,
+            "error",
+        ]
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(header)
@@ -112,23 +146,52 @@ def write_results(out_dir: Path, items: list[KeyResult], key_column: str | None)
                     preds = [_fmt(v) for v in r.prediction[i]] + [_fmt(v) for v in r.scale[i]]
                     if single:
                         preds = [preds[0], preds[1]]
-                    w.writerow([ts, *([s.key] if key_column else []), *vals, f"{r.score[i]:.6f}", int(r.flag[i]), *preds, _fmt(r.error[i])])
+                    w.writerow(
+                        [
+                            ts,
+                            *([s.key] if key_column else []),
+                            *vals,
+                            f"{r.score[i]:.6f}",
+                            int(r.flag[i]),
+                            *preds,
+                            _fmt(r.error[i]),
+                        ]
+                    )
         written.append(path)
     return written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory written by `streamrnn train`")
-    parser.add_argument("--data", required=True, nargs="+", help="CSV files or directories (every CSV below)")
+    parser.add_argument(
+        "--model", required=True, help="model directory written by `streamrnn train`"
+    )
+    parser.add_argument(
+        "--data", required=True, nargs="+", help="CSV files or directories (every CSV below)"
+    )
     parser.add_argument("--out", required=True, help="output directory; mirrors the input layout")
-    parser.add_argument("--config", help="YAML config whose scoring/features/state keys override the model's")
+    parser.add_argument(
+        "--config", help="YAML config whose scoring/features/state keys override the model's"
+    )
     parser.add_argument("--key-column", help="long format: the column that names the key")
-    parser.add_argument("--value-columns", help="comma-separated value columns (default: all but time/key)")
-    parser.add_argument("--time-column", default="timestamp", help="time column (default: timestamp)")
+    parser.add_argument(
+        "--value-columns", help="comma-separated value columns (default: all but time/key)"
+    )
+    parser.add_argument(
+        "--time-column", default="timestamp", help="time column (default: timestamp)"
+    )
     parser.add_argument("--threshold", type=float, help="override scoring.threshold")
     parser.add_argument("--device", help="override state.device (auto, cpu, cuda, cuda:N)")
-    parser.add_argument("--batch-size", type=int, default=65536, help="events per engine batch (results do not depend on it)")
-    parser.add_argument("--plot", action="store_true", help="also write a PNG per file: value, prediction band, score, flags")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=65536,
+        help="events per engine batch (results do not depend on it)",
+    )
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="also write a PNG per file: value, prediction band, score, flags",
+    )
 
 
 def resolve_replay_config(model_config: Config, args: argparse.Namespace) -> Config:
@@ -141,7 +204,9 @@ def resolve_replay_config(model_config: Config, args: argparse.Namespace) -> Con
         for section in ("scoring", "features", "state", "input"):
             if section in user:
                 base[section] = {**base.get(section, {}), **(user[section] or {})}
-    return load_config(base, overrides={"scoring.threshold": args.threshold, "state.device": args.device})
+    return load_config(
+        base, overrides={"scoring.threshold": args.threshold, "state.device": args.device}
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,9 +215,14 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(args.model)
         cfg = resolve_replay_config(loaded.config, args)
         device = resolve_device(cfg.state.device)
-        value_columns = args.value_columns.split(",") if args.value_columns else list(loaded.feature_names)
+        value_columns = (
+            args.value_columns.split(",") if args.value_columns else list(loaded.feature_names)
+        )
         series = load_series(
-            args.data, key_column=args.key_column, time_column=args.time_column, value_columns=value_columns
+            args.data,
+            key_column=args.key_column,
+            time_column=args.time_column,
+            value_columns=value_columns,
         )
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -170,7 +240,17 @@ def run(args: argparse.Namespace) -> int:
         from .plot import plot_file
 
         for it in items:
-            plot_file(it.series, it.results, out_dir / (it.series.relpath[: -len(".csv")] + (f".{it.series.key.replace('/', '_')}" if args.key_column else "") + ".png"), threshold=cfg.scoring.threshold)
+            plot_file(
+                it.series,
+                it.results,
+                out_dir
+                / (
+                    it.series.relpath[: -len(".csv")]
+                    + (f".{it.series.key.replace('/', '_')}" if args.key_column else "")
+                    + ".png"
+                ),
+                threshold=cfg.scoring.threshold,
+            )
     dt = time.perf_counter() - t0
     print(
         f"replayed {n_events} events of {len(items)} keys from {len(written)} files with model {loaded.version} "

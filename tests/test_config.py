@@ -46,7 +46,10 @@ def test_config_is_frozen() -> None:
         ("training:\n  window: 1\n", "training.window: must be an integer >= 2, got 1"),
         ("state:\n  device: tpu\n", "state.device: must be auto, cpu, cuda or cuda:N, got 'tpu'"),
         ("state:\n  max_keys: 0\n", "state.max_keys: must be an integer >= 1, got 0"),
-        ("input:\n  late_events: keep\n", "input.late_events: must be one of 'score', 'drop', got 'keep'"),
+        (
+            "input:\n  late_events: keep\n",
+            "input.late_events: must be one of 'score', 'drop', got 'keep'",
+        ),
         ("input:\n  features: 3\n", "input.features: must be a list of strings, got 3"),
         ("- a\n- b\n", "config: must be a mapping at the top level, got ['a', 'b']"),
         ("model: [\n", "config file: must be valid YAML"),

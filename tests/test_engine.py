@@ -11,7 +11,9 @@ from streamrnn.engine import Engine, Results, wave_order
 from streamrnn.model import Forecaster
 
 
-def make_stream(n_keys: int = 6, n_steps: int = 300, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+def make_stream(
+    n_keys: int = 6, n_steps: int = 300, seed: int = 0
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     keys, times, values = [], [], []
     for j in range(n_steps):
@@ -31,8 +33,13 @@ def make_engine(cfg: Config | None = None, cell: str = "lstm") -> Engine:
 
 
 def run_in_batches(engine: Engine, keys, times, values, size: int) -> Results:
-    parts = [engine.process(keys[s : s + size], times[s : s + size], values[s : s + size]) for s in range(0, len(keys), size)]
-    return Results(*(np.concatenate(cols) for cols in zip(*(vars(p).values() for p in parts), strict=True)))
+    parts = [
+        engine.process(keys[s : s + size], times[s : s + size], values[s : s + size])
+        for s in range(0, len(keys), size)
+    ]
+    return Results(
+        *(np.concatenate(cols) for cols in zip(*(vars(p).values() for p in parts), strict=True))
+    )
 
 
 def test_wave_order_keeps_per_key_order() -> None:

@@ -52,7 +52,9 @@ def test_cell_rejects_wrong_shape() -> None:
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_fused_sequence_equals_stepping_the_cells(cell: str) -> None:
     torch.manual_seed(2)
-    model = Forecaster(ModelConfig(cell=cell, hidden_size=16, num_layers=3, dropout=0.3), n_values=2, n_extra=4).eval()
+    model = Forecaster(
+        ModelConfig(cell=cell, hidden_size=16, num_layers=3, dropout=0.3), n_values=2, n_extra=4
+    ).eval()
     x = torch.randn(4, 30, 6)
     state0 = torch.randn(4, 3, model.slots, 16) * 0.1
     mean, scale, final = model.sequence(x, state0)
@@ -68,7 +70,9 @@ def test_fused_sequence_equals_stepping_the_cells(cell: str) -> None:
 def test_fused_layers_match_torch_lstm_module() -> None:
     torch.manual_seed(3)
     ref = torch.nn.LSTM(5, 8, num_layers=2, batch_first=True)
-    model = Forecaster(ModelConfig(cell="lstm", hidden_size=8, num_layers=2, dropout=0.0), n_values=1, n_extra=4).eval()
+    model = Forecaster(
+        ModelConfig(cell="lstm", hidden_size=8, num_layers=2, dropout=0.0), n_values=1, n_extra=4
+    ).eval()
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):

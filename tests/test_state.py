@@ -69,7 +69,9 @@ def test_snapshot_round_trips_exactly() -> None:
     assert extra == {"offsets": {"t-0": 42}}
     for k in ("a", "b", "c"):
         for name in FIELDS:
-            assert torch.equal(other.tensors[name][other.key_to_row[k]], store.tensors[name][store.key_to_row[k]])
+            assert torch.equal(
+                other.tensors[name][other.key_to_row[k]], store.tensors[name][store.key_to_row[k]]
+            )
     assert "z" in other
 
 
@@ -86,7 +88,9 @@ def test_snapshot_of_a_subset_and_drop() -> None:
 def test_restore_rejects_other_layout() -> None:
     store = StateStore(FIELDS, max_keys=10)
     store.rows(["a"])
-    other = StateStore({"h": FieldSpec((2, 4), torch.float32), "n": FieldSpec((), torch.int64)}, max_keys=10)
+    other = StateStore(
+        {"h": FieldSpec((2, 4), torch.float32), "n": FieldSpec((), torch.int64)}, max_keys=10
+    )
     with pytest.raises(ValueError, match="snapshot field h must have rows of shape"):
         other.restore(store.snapshot())
 
