@@ -31,7 +31,26 @@ def _check_2d(name: str, t: Tensor, batch: int | None, width: int) -> None:
         raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
 
 
-class LSTMCell(nn.Module):
+class _GatedCell(nn.Module):
+    """Parameters shared by both cells: ``gates`` stacked blocks of input and hidden weights."""
+
+    def __init__(self, input_size: int, hidden_size: int, gates: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(gates * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(gates * hidden_size, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(gates * hidden_size))
+        self.bias_hh = nn.Parameter(torch.empty(gates * hidden_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)  # torch's default initialisation
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+
+class LSTMCell(_GatedCell):
     r"""A long short-term memory cell, gate by gate.
 
     .. math::
@@ -54,19 +73,7 @@ class LSTMCell(nn.Module):
     """
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
-        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)  # torch's default initialisation
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
+        super().__init__(input_size, hidden_size, gates=4)
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         h, c = state
@@ -84,7 +91,7 @@ class LSTMCell(nn.Module):
         return h_new, c_new
 
 
-class GRUCell(nn.Module):
+class GRUCell(_GatedCell):
     r"""A gated recurrent unit cell, gate by gate.
 
     .. math::
@@ -104,19 +111,7 @@ class GRUCell(nn.Module):
     """
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size))
-        self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
+        super().__init__(input_size, hidden_size, gates=3)
 
     def forward(self, x: Tensor, h: Tensor) -> Tensor:
         _check_2d("input", x, None, self.input_size)
