@@ -112,7 +112,7 @@ def test_end_to_end(
         )
         assert spike_alert["score"] == pytest.approx(float(ref_score[spike]), abs=1e-6)
         assert (
-            spike_alert["threshold"] == 0.5
+            spike_alert["threshold"] == det.detector.config.scoring.threshold
             and spike_alert["model"] == det.detector.engine.model_version
         )
         assert set(spike_alert) == {

@@ -4,6 +4,7 @@ with offsets committed and checkpoints written; bad configuration exits 2 naming
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -170,29 +171,40 @@ def test_kill9_restart_then_sigterm(
 
 @pytest.mark.kafka
 def test_rebalance_takeover_restores_state(
-    kafka_broker: EmbeddedBroker, topic_name: str, tmp_path: Path, model: Path
+    kafka_broker: EmbeddedBroker,
+    topic_name: str,
+    tmp_path: Path,
+    model: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Two instances on "two hosts" (separate state dirs, one state topic); B stops, A takes its
+    partitions with the state B checkpointed to the state topic."""
+    caplog.set_level(logging.INFO, logger="streamrnn.service.app")
     bs = kafka_broker.bootstrap_servers
     scores_topic = f"{topic_name}.scores"
     create_topics(bs, {topic_name: 4, scores_topic: 1})
     events = make_events(8, 240, seed=31)
     half = 8 * 120
-    raw = service_config(
-        bs,
-        topic_name,
-        f"g-{topic_name}",
-        model,
-        tmp_path / "state",
-        scores_topic=scores_topic,
-        checkpoint_interval_s=60.0,
-    )
-    eng_score, eng_pred, eng_flag = reference(raw, events)
 
-    a = ThreadedDetector(raw)
+    def config(host: str) -> dict:
+        return service_config(
+            bs,
+            topic_name,
+            f"g-{topic_name}",
+            model,
+            tmp_path / host,
+            scores_topic=scores_topic,
+            state_topic=f"{topic_name}.state",
+            checkpoint_interval_s=60.0,
+        )
+
+    eng_score, eng_pred, eng_flag = reference(config("a"), events)
+
+    a = ThreadedDetector(config("a"))
     b = None
     try:
         wait_for(lambda: a.value("streamrnn_assigned_partitions") == 4, 30, "A assigned")
-        b = ThreadedDetector(raw)
+        b = ThreadedDetector(config("b"))
         wait_for(
             lambda: (
                 a.value("streamrnn_assigned_partitions") == 2
@@ -211,6 +223,7 @@ def test_rebalance_takeover_restores_state(
         wait_for(lambda: processed(a) + processed(b) == half, 60, "the first half scored")
         assert processed(a) > 0 and processed(b) > 0
         assert b.stop() == 0  # B checkpoints its partitions and leaves the group
+        seen = len(caplog.records)
         wait_for(
             lambda: (
                 a.value("streamrnn_assigned_partitions") == 4 and a.value("streamrnn_ready") == 1
@@ -218,6 +231,12 @@ def test_rebalance_takeover_restores_state(
             40,
             "A takes over B's partitions",
         )
+        from_b = [
+            m
+            for m in (r.getMessage() for r in caplog.records[seen:])
+            if "from the kafka checkpoint at offset" in m and "at offset 0 " not in m
+        ]
+        assert len(from_b) == 2, f"A restored B's two partitions from the state topic: {from_b}"
         second = produce(bs, topic_name, [(e.key.encode(), event_json(e)) for e in events[half:]])
         reader = TopicReader(bs, scores_topic)
         recs = reader.read_until(

@@ -27,6 +27,20 @@ service's own config.
 
 Each key is expected to stay on one partition (Kafka's key partitioning does that); a key seen on
 another partition moves there with a warning, and is checkpointed with its latest partition.
+
+Rebalances: the listener runs inside ``poll`` (kafka-python calls it there). On revocation the
+partitions are checkpointed and their keys dropped; newly assigned partitions are paused, and
+restored and sought right after that ``poll`` returns, then resumed.
+
+Operations: SIGTERM / SIGINT call :meth:`Detector.stop` (finish the batch, flush, commit,
+checkpoint, leave the group, exit 0 within ``shutdown_timeout_s``; a second Ctrl+C raises
+KeyboardInterrupt). SIGHUP, or a changed ``model.json`` (checked every ``model_poll_interval_s``),
+reloads the model; an incompatible one is refused (``streamrnn_model_reloads_total{outcome=
+"refused"}``) and the old one keeps serving. Kafka errors are logged, counted
+(``streamrnn_broker_errors_total``) and retried with exponential backoff up to
+``retry_backoff_max_s``. ``/healthz`` fails when the loop has not iterated for
+``max(30 s, max_poll_interval_ms)``; ``/readyz`` needs the model, an assignment and every assigned
+partition's state restored.
 """
 
 from __future__ import annotations
@@ -66,6 +80,7 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 LAG_INTERVAL_S = 5.0  # consumer lag is refreshed at most this often
+MAX_CLIENT_FAILURES = 20  # unexpected errors from consumer.poll in a row before giving up
 # /healthz fails when the loop has not iterated for max(this, max_poll_interval_ms)
 HEALTH_MIN_S = 30.0
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -219,7 +234,9 @@ class Detector:
         self._last_tick = time.monotonic()
         self._imputed_seen = self.engine.imputed_total
         self._evicted_seen = self.engine.store.evicted_total
-        self.late_total = 0
+        self.late_total = 0  # late events scored (input.late_events: score)
+        self._next_late_log = 0.0
+        self._client_failures = 0
         self.moved_keys_total = 0
         self._ran = False
         self._crashed = False  # no checkpoint may be written any more (state may be mid-batch)
@@ -486,9 +503,7 @@ class Detector:
                 ):
                     next_model_check = now + self.svc.model_poll_interval_s
                     self._maybe_reload(forced=self._reload_requested.is_set())
-                records = self._consumer.poll(
-                    timeout_ms=self.svc.poll_timeout_ms, max_records=self.svc.max_poll_records
-                )
+                records = self._poll()
                 if records and not self._process(records):
                     return  # outputs never acknowledged while stopping: leave without committing
                 now = time.monotonic()
@@ -505,6 +520,28 @@ class Detector:
                 log.warning("Kafka error: %r; retrying in %.1f s", e, delay)
                 self._stop.wait(delay)
 
+    def _poll(self) -> dict[Any, list[Any]]:
+        """``consumer.poll``; an unexpected error inside the client (no state was touched yet) is
+        logged and retried like a broker error, up to ``MAX_CLIENT_FAILURES`` times in a row."""
+        from kafka.errors import KafkaError
+
+        try:
+            records = self._consumer.poll(
+                timeout_ms=self.svc.poll_timeout_ms, max_records=self.svc.max_poll_records
+            )
+        except KafkaError:
+            raise
+        except Exception as e:
+            self._client_failures += 1
+            if self._client_failures > MAX_CLIENT_FAILURES:
+                raise
+            log.exception(
+                "unexpected error in the Kafka client's poll (%d in a row)", self._client_failures
+            )
+            raise KafkaError(f"poll failed: {e!r}") from e
+        self._client_failures = 0
+        return records
+
     def _process(self, records: dict[Any, list[Any]]) -> bool:
         """One polled batch end to end; False when its outputs were never acknowledged."""
         t0 = time.perf_counter()
@@ -515,7 +552,8 @@ class Detector:
         for rej in batch.rejects:
             messages.append(self._dead_letter(rej.record, rej.reason, rej.detail))
             reasons[rej.reason] += 1
-        n_alerts, kept_scores, kept_times, anomalies = 0, np.zeros(0), np.zeros(0), Counter()
+        n_alerts, kept_scores, kept_times = 0, np.zeros(0), np.zeros(0)
+        anomalies: Counter[str] = Counter()
         if len(batch):
             res = self.engine.process(batch.keys, batch.times, batch.values)
             self._track_keys(batch)
@@ -527,24 +565,31 @@ class Detector:
             late_scored = int((res.late & kept).sum())
             if late_scored:
                 self.late_total += late_scored
-                log.info(
-                    "%d late event(s) scored (input.late_events: score); %d so far",
-                    late_scored,
-                    self.late_total,
+                if time.monotonic() >= self._next_late_log:  # at most one line a minute
+                    self._next_late_log = time.monotonic() + 60.0
+                    log.info(
+                        "late events scored (input.late_events: score): %d so far",
+                        self.late_total,
+                    )
+
+            def encode_events(index: np.ndarray, flag: np.ndarray | None) -> list[Any]:
+                return event_messages(
+                    batch,
+                    index,
+                    prediction=res.prediction,
+                    score=res.score,
+                    flag=flag,
+                    threshold=self.config.scoring.threshold,
+                    model_version=self.engine.model_version,
+                    feature_names=self.feature_names,
                 )
-            common = {
-                "prediction": res.prediction,
-                "score": res.score,
-                "threshold": self.config.scoring.threshold,
-                "model_version": self.engine.model_version,
-                "feature_names": self.feature_names,
-            }
+
             flagged = np.flatnonzero(res.flag & kept)
-            alerts = event_messages(batch, flagged, flag=None, **common)
+            alerts = encode_events(flagged, None)
             messages.extend((self.svc.alerts_topic, k, v, None) for k, v in alerts)
             n_alerts = len(alerts)
             if self.svc.scores_topic:
-                scores = event_messages(batch, np.flatnonzero(kept), flag=res.flag, **common)
+                scores = encode_events(np.flatnonzero(kept), res.flag)
                 messages.extend((self.svc.scores_topic, k, v, None) for k, v in scores)
             anomalies = Counter(batch.topics[i] for i in flagged.tolist())
             kept_scores, kept_times = res.score[kept], batch.times[kept]
@@ -811,7 +856,8 @@ class Detector:
                 offset = self._consumer.position(ktp, timeout_ms=30_000)
                 fresh.append(tp)
                 log.info("no checkpoint for %s-%d: fresh state from offset %d", *tp, offset)
-            part.offset, part.restored, part.dirty = offset, True, False
+            # Committing the offset the state starts from would add nothing (or move back).
+            part.offset, part.committed, part.restored, part.dirty = offset, offset, True, False
         if fresh:
             # An empty checkpoint at once: a crash before the first periodic one skips nothing.
             self._checkpoint(fresh, force=True)

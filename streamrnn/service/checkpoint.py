@@ -343,6 +343,7 @@ class KafkaCheckpoints:
             enable_auto_commit=False,
             group_id=None,
             request_timeout_ms=int(self.timeout_s * 1000),
+            fetch_max_wait_ms=100,  # an empty partition answers its high watermark sooner
         )
         latest: dict[str, tuple[bytes, str, int]] = {}  # base -> (framed, id, chunks)
         pending: dict[str, dict[str, dict[int, bytes]]] = {b: {} for b in bases}
@@ -397,10 +398,12 @@ class KafkaCheckpoints:
             return
         if sep:  # a chunk: <base>#<id>/<i>
             cid, _, index = rest.partition("/")
+            if not index.isdigit():
+                return
             chunks = pending[base].setdefault(cid, {})
             if rec.value is None:
-                chunks.pop(int(index or 0), None)
-            elif index.isdigit():
+                chunks.pop(int(index), None)
+            else:
                 chunks[int(index)] = rec.value
             return
         if rec.value is None:  # manifest tombstone: the partition's checkpoint was deleted
