@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import signal
 import threading
 import time
@@ -71,8 +70,10 @@ from .checkpoint import (
     encode,
     offsets_key,
 )
+from .clients import Backoff, ensure_topics
 from .codec import Batch, Decoder, dlq_headers, event_messages, iso_times
 from .metrics import Metrics, MetricsServer, start_http
+from .validate import validate_service_config
 
 __all__ = ["Detector", "validate_service_config"]
 
@@ -83,69 +84,6 @@ LAG_INTERVAL_S = 5.0  # consumer lag is refreshed at most this often
 MAX_CLIENT_FAILURES = 20  # unexpected errors from consumer.poll in a row before giving up
 # /healthz fails when the loop has not iterated for max(this, max_poll_interval_ms)
 HEALTH_MIN_S = 30.0
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-
-
-def _topic_ok(key: str, value: str | None, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, str) or not _TOPIC_RE.match(value) or value in (".", ".."):
-        raise ConfigError(
-            f"{key}: must be a topic name (1-249 of A-Z a-z 0-9 . _ -), got {value!r}"
-        )
-
-
-def validate_service_config(config: Config) -> None:
-    """Checks of the ``service`` section that need no broker and no model; raises ConfigError."""
-    svc = config.service
-    if not svc.topics and not svc.topic_pattern:
-        raise ConfigError(
-            "service.topics: one of service.topics or service.topic_pattern is required to run, "
-            f"got topics {list(svc.topics)} and topic_pattern null"
-        )
-    if svc.topics and svc.topic_pattern:
-        raise ConfigError(
-            "service.topic_pattern: must be null when service.topics is set (use one of the two), "
-            f"got {svc.topic_pattern!r} with topics {list(svc.topics)}"
-        )
-    for t in svc.topics:
-        _topic_ok("service.topics", t)
-    pattern = None
-    if svc.topic_pattern:
-        try:
-            pattern = re.compile(svc.topic_pattern)
-        except re.error as e:
-            raise ConfigError(
-                f"service.topic_pattern: must be a regular expression ({e}), got {svc.topic_pattern!r}"
-            ) from None
-    if not svc.model:
-        raise ConfigError(
-            "service.model: a model directory written by `streamrnn train` is required to run, "
-            f"got {svc.model!r}"
-        )
-    if not svc.bootstrap_servers or not all(s.strip() for s in svc.bootstrap_servers):
-        raise ConfigError(
-            f"service.bootstrap_servers: must list host:port addresses, got {list(svc.bootstrap_servers)}"
-        )
-    if not svc.group.strip():
-        raise ConfigError(f"service.group: must not be empty, got {svc.group!r}")
-    if svc.heartbeat_interval_ms >= svc.session_timeout_ms:
-        raise ConfigError(
-            "service.heartbeat_interval_ms: must be below service.session_timeout_ms "
-            f"({svc.session_timeout_ms}), got {svc.heartbeat_interval_ms}"
-        )
-    outputs = {
-        "service.alerts_topic": svc.alerts_topic,
-        "service.dlq_topic": svc.dlq_topic,
-        "service.scores_topic": svc.scores_topic,
-        "service.state_topic": svc.state_topic,
-    }
-    for key, topic in outputs.items():
-        _topic_ok(key, topic, optional=key in ("service.scores_topic", "service.state_topic"))
-        if topic is None:
-            continue
-        if topic in svc.topics or (pattern is not None and pattern.fullmatch(topic)):
-            raise ConfigError(f"{key}: must not be a source topic (it would loop), got {topic!r}")
 
 
 @dataclass
@@ -158,21 +96,6 @@ class _Partition:
     unsafe: bool = False  # outputs of a batch were never acknowledged: never checkpoint again
     committed: int | None = None  # the last offset this instance committed
     keys: set[str] = field(default_factory=set)
-
-
-class _Backoff:
-    """Exponential backoff: 0.1 s doubling up to ``cap`` seconds."""
-
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
-        self.delay = 0.0
-
-    def next(self) -> float:
-        self.delay = min(self.cap, max(0.1, self.delay * 2))
-        return self.delay
-
-    def reset(self) -> None:
-        self.delay = 0.0
 
 
 class Detector:
@@ -285,7 +208,7 @@ class Detector:
             def on_partitions_lost(self, lost: Any) -> None:
                 detector._on_lost(lost)
 
-        backoff = _Backoff(svc.retry_backoff_max_s)
+        backoff = Backoff(svc.retry_backoff_max_s)
         while not self._stop.is_set():
             self._last_tick = time.monotonic()
             try:
@@ -297,7 +220,7 @@ class Detector:
                     max_block_ms=10_000,
                     bootstrap_timeout_ms=10_000,
                 )
-                self._ensure_topics()
+                ensure_topics(self.svc)
                 if svc.state_topic:
                     kafka_store = KafkaCheckpoints(
                         svc.bootstrap_servers,
@@ -343,38 +266,6 @@ class Detector:
                 )
                 self._stop.wait(delay)
         return False
-
-    def _ensure_topics(self) -> None:
-        """Create the output topics that do not exist (broker-default partitions)."""
-        from kafka import KafkaAdminClient
-
-        svc = self.svc
-        wanted = [t for t in (svc.alerts_topic, svc.dlq_topic, svc.scores_topic) if t]
-        admin = KafkaAdminClient(
-            bootstrap_servers=list(svc.bootstrap_servers), bootstrap_timeout_ms=10_000
-        )
-        try:
-            existing = set(admin.list_topics())
-            missing = [t for t in wanted if t not in existing]
-            if not missing:
-                return
-            result = admin.create_topics(
-                {t: {"num_partitions": -1, "replication_factor": -1} for t in missing},
-                raise_errors=False,
-            )
-            for t in result.get("topics", []):
-                code = t.get("error_code", 0)
-                if code in (0, 36):
-                    log.info("output topic %s ready", t.get("name"))
-                else:
-                    log.warning(
-                        "could not create output topic %s: error %s %s",
-                        t.get("name"),
-                        code,
-                        t.get("error_message"),
-                    )
-        finally:
-            admin.close()
 
     # ------------------------------------------------------------------------------------------
     # Lifecycle
@@ -489,7 +380,7 @@ class Detector:
     def _loop(self) -> None:
         from kafka.errors import KafkaError
 
-        backoff = _Backoff(self.svc.retry_backoff_max_s)
+        backoff = Backoff(self.svc.retry_backoff_max_s)
         next_checkpoint = time.monotonic() + self.svc.checkpoint_interval_s
         next_lag = 0.0
         next_model_check = time.monotonic() + self.svc.model_poll_interval_s
@@ -669,7 +560,7 @@ class Detector:
         if not messages:
             return True
         pending = messages
-        backoff = _Backoff(self.svc.retry_backoff_max_s)
+        backoff = Backoff(self.svc.retry_backoff_max_s)
         deadline: float | None = None
         while True:
             futures: list[Any] = []
