@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("streamrnn.checkconfig", "validate a config file and print it resolved"),
     "broker": ("streamrnn.broker", "run the embedded Kafka-compatible broker in the foreground"),
     "run": ("streamrnn.service.cli", "the Kafka detector daemon: score streams, publish alerts"),
+    "produce": ("streamrnn.produce", "replay CSV files or generate synthetic streams into a topic"),
+    "demo": ("streamrnn.demo", "the one-command tour: broker, generator, model, detector, alerts"),
 }
 
 EPILOG = """\
@@ -29,6 +31,8 @@ examples:
   streamrnn replay --model models/demand --data history/ --out results/ --plot
   streamrnn eval --results results/ --labels labels.json --json scores.json
   streamrnn check-config config/default.yaml
+  streamrnn produce --topic readings --synthetic energy --keys 200 --rate 200
+  streamrnn demo --seconds 60
 """
 
 
