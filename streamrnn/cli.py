@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("streamrnn.service.cli", "the Kafka detector daemon: score streams, publish alerts"),
     "produce": ("streamrnn.produce", "replay CSV files or generate synthetic streams into a topic"),
     "demo": ("streamrnn.demo", "the one-command tour: broker, generator, model, detector, alerts"),
+    "bench": (
+        "streamrnn.benchcmd",
+        "throughput, latency and memory against the Kafka client's ceiling",
+    ),
 }
 
 EPILOG = """\

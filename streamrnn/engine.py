@@ -1,16 +1,25 @@
 """The streaming engine: a batch of events in, per-event predictions, scores and flags out.
 
 A batch is split into waves so that each key appears at most once per wave and a key's events go
-in arrival order, one step each. Each wave is one gather, one batched recurrent step and one scatter
-on the device. Every statistic a key owns lives in the state store, so the result for an event
-depends only on the events of its key before it: the same stream gives the same scores however it
-is cut into batches.
+in arrival order, one step each. Every statistic a key owns lives in the state store, so the result
+for an event depends only on the events of its key before it: the same stream gives the same scores
+however it is cut into batches.
+
+Per batch: keys to rows and the wave order on the host, then the batch in wave order (rows, times,
+values, calendar inputs) goes to the device in one copy. Per wave: one gather of the keys' packed
+state rows per bank (:class:`~streamrnn.state.StateStore`), the scoring and one batched recurrent
+step writing straight into a fresh row buffer, one scatter back. Results stay on the device in wave
+order until one copy back, put in arrival order on the host. No per-event Python on the way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +33,70 @@ from .model import Forecaster
 from .state import FieldSpec, StateStore
 
 log = logging.getLogger(__name__)
+
+# Columns of the per-event result buffer; prediction (F) and scale (F) follow.
+_ERROR, _SCORE, _FLAG, _LATE, _DROPPED = range(5)
+_OUT_COLS = 5
+# On CPU a batch smaller than this runs on one intra-op thread: its ops are too small to gain from
+# more, and OpenMP's spinning helper threads steal the cores the Kafka client and broker need.
+_PARALLEL_MIN_EVENTS = 8192
+# On CPU a wide wave is stepped in slices of this many keys (its rows are independent): the
+# temporaries stay in cache and below the sizes the allocator maps and unmaps page by page.
+CPU_WAVE_SLICE = 4096
+
+
+_MALLOC_TUNED = False
+# glibc mallopt parameters: keep freed blocks up to this size in the heap, and map only bigger ones.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_TRIM_BYTES, _MMAP_BYTES = 256 << 20, 64 << 20
+
+
+def tune_malloc() -> bool:
+    """Keep a wave's freed temporaries in glibc's heap instead of handing them back to the kernel.
+
+    With glibc's defaults, the megabyte-sized temporaries of each CPU wave are unmapped or trimmed
+    when freed and page-faulted back on the next wave: up to half of a 10k-key wave's time and
+    most of the run-to-run variance (docs/benchmarks.md). This sets ``M_MMAP_THRESHOLD`` (64 MiB)
+    and ``M_TRIM_THRESHOLD`` (256 MiB) once per process; a process keeps at most that much freed
+    memory. Nothing happens off glibc, when ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``
+    is set, or with ``STREAMRNN_MALLOC_TUNING=0``. Returns whether the settings were applied.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    env = os.environ
+    if (
+        not sys.platform.startswith("linux")
+        or env.get("STREAMRNN_MALLOC_TUNING", "1") == "0"
+        or "MALLOC_MMAP_THRESHOLD_" in env
+        or "MALLOC_TRIM_THRESHOLD_" in env
+    ):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    ok = (
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_BYTES) == 1
+        and mallopt(_M_TRIM_THRESHOLD, _TRIM_BYTES) == 1
+    )
+    _MALLOC_TUNED = ok
+    log.debug("glibc malloc thresholds %s", "set" if ok else "not set")
+    return ok
+
+
+@contextlib.contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (0: as configured), restoring the setting after."""
+    before = torch.get_num_threads()
+    if n <= 0 or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -72,9 +145,13 @@ def state_fields(model: Forecaster) -> dict[str, FieldSpec]:
     return {
         "hidden": FieldSpec((model.num_layers, model.slots, model.hidden_size), torch.float32),
         "norm": FieldSpec((3, f), torch.float32),  # count, mean, var per feature
-        "pred": FieldSpec((2, f), torch.float32, init=(0.0, 1.0)),  # pending prediction: mean, scale (normalised)
+        "pred": FieldSpec(
+            (2, f), torch.float32, init=(0.0, 1.0)
+        ),  # pending prediction: mean, scale (normalised)
         "scorer": FieldSpec((scoring.N_SCORER,), torch.float32),
-        "track": FieldSpec((scoring.N_TRACK, f), torch.float32, init=scoring.TRACK_INIT),  # error mean, low, high
+        "track": FieldSpec(
+            (scoring.N_TRACK, f), torch.float32, init=scoring.TRACK_INIT
+        ),  # error mean, low, high
         "steps": FieldSpec((), torch.int64),
         "last_alert": FieldSpec((), torch.int64, init=-1.0),
         "last_ts": FieldSpec((), torch.float64, init=float("-inf")),
@@ -94,6 +171,8 @@ class Engine:
     ) -> None:
         self.config = config
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            tune_malloc()
         self.model = model.to(self.device).eval()
         self.model_version = model_version
         self.calendar = model.input_size - model.n_values == N_CALENDAR
@@ -110,6 +189,11 @@ class Engine:
         )
         self.drop_late = config.input.late_events == "drop"
         self._imputed = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._nan = torch.tensor(float("nan"), device=self.device)
+        self._layout = {
+            name: (*self.store.field_slice(name), spec.dtype, spec.shape)
+            for name, spec in self.store.specs.items()
+        }
 
     @property
     def imputed_total(self) -> int:
@@ -144,108 +228,164 @@ class Engine:
                 f"times must have shape ({n},) and values ({n}, {self.n_values}), "
                 f"got {times.shape} and {values.shape}"
             )
-        if n and len(set(keys)) > self.store.max_keys:
+        if n > self.store.max_keys and len(set(keys)) > self.store.max_keys:
             half = n // 2
             a = self.process(keys[:half], times[:half], values[:half])
             b = self.process(keys[half:], times[half:], values[half:])
-            return Results(*(np.concatenate([x, y]) for x, y in zip(vars(a).values(), vars(b).values(), strict=True)))
+            return Results(
+                *(
+                    np.concatenate([x, y])
+                    for x, y in zip(vars(a).values(), vars(b).values(), strict=True)
+                )
+            )
         rows = self.store.rows(keys)  # (N,)
         order, bounds = wave_order(rows)
-        dev = self.device
-        rows_d = torch.as_tensor(rows, device=dev)  # (N,)
-        times_d = torch.as_tensor(times, device=dev)  # (N,)
-        vals_d = torch.as_tensor(values, device=dev)  # (N, F)
-        cal_d = torch.as_tensor(calendar_features(times), device=dev) if self.calendar else None  # (N, 4)
-        order_d = torch.as_tensor(order, device=dev)  # (N,)
-        out = {
-            "prediction": torch.empty(n, self.n_values, device=dev),
-            "scale": torch.empty(n, self.n_values, device=dev),
-            "error": torch.empty(n, device=dev),
-            "score": torch.empty(n, device=dev),
-            "flag": torch.empty(n, dtype=torch.bool, device=dev),
-            "late": torch.empty(n, dtype=torch.bool, device=dev),
-            "dropped": torch.empty(n, dtype=torch.bool, device=dev),
-        }
-        with torch.no_grad():
-            for w in range(len(bounds) - 1):
-                idx = order_d[bounds[w] : bounds[w + 1]]  # (n_w,)
-                self._wave(idx, rows_d[idx], times_d[idx], vals_d[idx], cal_d[idx] if cal_d is not None else None, out)
-        host = {k: v.cpu().numpy() for k, v in out.items()}
-        return Results(**host)
+        f = self.n_values
+        # The batch in wave order, packed into one array: one copy to the device per batch.
+        packed = np.empty(
+            (n, 2 + f + (N_CALENDAR if self.calendar else 0)), dtype=np.float64
+        )  # (N, C)
+        packed[:, 0] = rows[order]
+        packed[:, 1] = times[order]
+        packed[:, 2 : 2 + f] = values[order]
+        if self.calendar:
+            packed[:, 2 + f :] = calendar_features(times[order])
+        batch = torch.as_tensor(packed).to(self.device, non_blocking=True)  # (N, C)
+        rows_d = batch[:, 0].long()  # (N,)
+        times_d = batch[:, 1]  # (N,)
+        inputs = batch[:, 2:].float()  # (N, F [+ 4]) values, then calendar features
+        out = torch.empty(n, _OUT_COLS + 2 * f, device=self.device)  # (N, 5 + 2F), wave order
+        bnd = bounds.tolist()
+        with torch.no_grad(), _intra_op_threads(self._threads_for(n)):
+            for lo, hi in self._slices(bnd):
+                self._wave(rows_d[lo:hi], times_d[lo:hi], inputs[lo:hi], out[lo:hi])
+        host = np.empty((_OUT_COLS + 2 * f, n), dtype=np.float32)  # (5 + 2F, N)
+        host[:, order] = out.cpu().numpy().T  # back to arrival order, one row per column
+        return Results(
+            prediction=host[_OUT_COLS : _OUT_COLS + f].T.copy(),
+            scale=host[_OUT_COLS + f :].T.copy(),
+            error=host[_ERROR],
+            score=host[_SCORE],
+            flag=host[_FLAG] != 0,
+            late=host[_LATE] != 0,
+            dropped=host[_DROPPED] != 0,
+        )
 
-    def _wave(
-        self,
-        idx: Tensor,
-        r: Tensor,
-        t: Tensor,
-        x: Tensor,
-        cal: Tensor | None,
-        out: dict[str, Tensor],
-    ) -> None:
+    def step_wave(
+        self, rows: Tensor, times: Tensor, values: Tensor, calendar: Tensor | None = None
+    ) -> Tensor:
+        """One wave on the device, without the host: the state rows ``rows`` (W,) (distinct, resident)
+        take one step with ``times`` (W,) float64, ``values`` (W, F) and ``calendar`` (W, 4) when
+        the model takes calendar inputs. Returns the wave's results (W, 5 + 2F) on the device:
+        error, score, flag, late, dropped, then prediction (F) and scale (F).
+        For benchmarks and custom drivers; :meth:`process` is the way in for keyed events.
+        """
+        n = rows.shape[0]
+        if self.calendar and calendar is not None:
+            values = torch.cat([values, calendar], dim=1)
+        out = torch.empty(n, _OUT_COLS + 2 * self.n_values, device=self.device)
+        with torch.no_grad(), _intra_op_threads(self._threads_for(n)):
+            for lo, hi in self._slices([0, n]):
+                self._wave(rows[lo:hi], times[lo:hi], values[lo:hi], out[lo:hi])
+        return out
+
+    def _slices(self, bounds: list[int]) -> Iterator[tuple[int, int]]:
+        """The waves between ``bounds``; on CPU a wave wider than ``CPU_WAVE_SLICE`` in slices."""
+        step = CPU_WAVE_SLICE if self.device.type == "cpu" else 0
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            if not step or hi - lo <= step:
+                yield lo, hi
+                continue
+            for a in range(lo, hi, step):
+                yield a, min(hi, a + step)
+
+    def _threads_for(self, n: int) -> int:
+        """Intra-op threads for a batch of ``n`` events: one below ``_PARALLEL_MIN_EVENTS`` on CPU."""
+        if self.device.type != "cpu" or n >= _PARALLEL_MIN_EVENTS:
+            return 0  # leave torch's setting alone
+        return 1
+
+    def _wave(self, r: Tensor, t: Tensor, inputs: Tensor, out: Tensor) -> None:
+        """One wave: every row of ``r`` (n,) at most once. ``t`` (n,) float64 event times;
+        ``inputs`` (n, F [+ 4]) raw values then calendar features; ``out`` (n, 5 + 2F) receives
+        the results (columns as in :meth:`step_wave`)."""
         cfg = self.config
-        st = self.store.tensors
-        hidden = st["hidden"][r]  # (n, L, S, H)
-        norm = st["norm"][r]  # (n, 3, F)
-        pred = st["pred"][r]  # (n, 2, F)
-        sc_state = st["scorer"][r]  # (n, 4)
-        track = st["track"][r]  # (n, 3, F)
-        steps = st["steps"][r]  # (n,)
-        last_alert = st["last_alert"][r]  # (n,)
-        last_ts = st["last_ts"][r]  # (n,)
+        sc = cfg.scoring
+        f = self.n_values
+        n = r.shape[0]
+        banks = self.store.banks
+        rows = [bank.index_select(0, r) for bank in banks]  # one gather per bank: (n, width) each
+        # The rows after this event, every column written below, scattered back at once.
+        new_rows = [torch.empty_like(x) for x in rows]
+        old, new = self._fields_of(rows, n), self._fields_of(new_rows, n)
+        hidden, norm, pred = old["hidden"], old["norm"], old["pred"]
+        sc_state, track = old["scorer"], old["track"]
+        steps, last_alert, last_ts = old["steps"], old["last_alert"], old["last_ts"]
+        x = inputs[:, :f]  # (n, F)
+        cal = inputs[:, f:] if self.calendar else None  # (n, 4)
 
         late = t < last_ts  # (n,)
-        active = ~late if self.drop_late else torch.ones_like(late)  # (n,)
         z, mean, std = normalize(norm, x, cfg.features.clip)  # (n, F) each
         mu, sigma = pred[:, 0], pred[:, 1]  # (n, F) each
         has_pred = steps > 0  # (n,)
         e, u = scoring.relative_error(z, mu, sigma, track)  # (n,), (n, F)
         e = e * has_pred  # (n,)
-        score, short = scoring.score(sc_state, e, cfg.scoring)  # (n,) each
-        beyond = scoring.out_of_range(x, track, cfg.scoring.range_margin)  # (n,)
-        score = torch.where(beyond, torch.clamp(score, min=cfg.scoring.range_score), score)  # (n,)
-        score = torch.where(steps >= cfg.scoring.warmup, score, torch.zeros_like(score))  # (n,)
-        flag = scoring.flag(score, steps, last_alert, cfg.scoring) & active  # (n,)
-        learn = active & ~flag  # (n,)
-        new_sc = scoring.update(sc_state, short, learn & has_pred, cfg.scoring)  # (n, 4)
-        new_track = scoring.update_track(track, x, u, learn & has_pred, learn, cfg.scoring.error_horizon)  # (n, 3, F)
-        new_norm = update_normalizer(norm, x, cfg.features.normalizer_horizon, learn)  # (n, 3, F)
+        score, short = scoring.score(sc_state, e, sc)  # (n,) each
+        beyond = scoring.out_of_range(x, track, sc.range_margin)  # (n,)
+        score = torch.where(beyond, torch.clamp(score, min=sc.range_score), score)  # (n,)
+        score = torch.where(steps >= sc.warmup, score, 0.0)  # (n,)
+        flag = scoring.flag(score, steps, last_alert, sc)  # (n,)
+        if self.drop_late:
+            active = ~late  # (n,)
+            flag = flag & active
+            learn = active & ~flag  # (n,)
+        else:
+            active = None  # every event is stepped
+            learn = ~flag  # (n,)
+        learn_pred = learn & has_pred  # (n,)
+        scoring.update(sc_state, short, learn_pred, sc, out=new["scorer"])
+        scoring.update_track(track, x, u, learn_pred, learn, sc.error_horizon, out=new["track"])
+        update_normalizer(norm, x, cfg.features.normalizer_horizon, learn, out=new["norm"])
 
         missing = torch.isnan(z)  # (n, F)
-        self._imputed += (missing & active.unsqueeze(1)).sum()
+        self._imputed += (missing if active is None else missing & active.unsqueeze(1)).sum()
         # A flagged event reaches the hidden state as the key's own prediction, like a missing value:
         # one wild reading must not throw the next predictions off (nor become normal).
         z_in = torch.where(missing | flag.unsqueeze(1), mu, z)  # (n, F)
         inp = torch.cat([z_in, cal], dim=1) if cal is not None else z_in  # (n, I)
-        mu1, sigma1, hidden1 = self.model.step(inp, hidden)  # (n, F), (n, F), (n, L, S, H)
+        new_pred = new["pred"]  # (n, 2, F)
+        self.model.step(
+            inp, hidden, out=new["hidden"], mean_out=new_pred[:, 0], scale_out=new_pred[:, 1]
+        )
 
-        if self.drop_late:
-            a = active  # (n,)
-            hidden1 = torch.where(a.view(-1, 1, 1, 1), hidden1, hidden)
-            pred1 = torch.where(a.view(-1, 1, 1), torch.stack([mu1, sigma1], dim=1), pred)
-            new_norm = torch.where(a.view(-1, 1, 1), new_norm, norm)
-            new_sc = torch.where(a.view(-1, 1), new_sc, sc_state)
-            new_track = torch.where(a.view(-1, 1, 1), new_track, track)
-            steps1 = steps + a.long()
-        else:
-            pred1 = torch.stack([mu1, sigma1], dim=1)  # (n, 2, F)
-            steps1 = steps + 1
-        st["hidden"][r] = hidden1
-        st["pred"][r] = pred1
-        st["norm"][r] = new_norm
-        st["scorer"][r] = new_sc
-        st["track"][r] = new_track
-        st["steps"][r] = steps1
-        st["last_alert"][r] = torch.where(flag, steps, last_alert)
-        st["last_ts"][r] = torch.where(active, torch.maximum(last_ts, t), last_ts)
+        torch.add(steps, 1, out=new["steps"])
+        torch.where(flag, steps, last_alert, out=new["last_alert"])
+        torch.maximum(last_ts, t, out=new["last_ts"])
+        if active is not None:
+            # A dropped event leaves its key's state as it was (the step count included).
+            for old_b, new_b in zip(rows, new_rows, strict=True):
+                torch.where(active.unsqueeze(1), new_b, old_b, out=new_b)
+        for bank, new_b in zip(banks, new_rows, strict=True):
+            bank.index_copy_(0, r, new_b)
 
-        nan = torch.full_like(mu, float("nan"))
-        out["prediction"][idx] = torch.where(has_pred.unsqueeze(1), mean + std * mu, nan)
-        out["scale"][idx] = torch.where(has_pred.unsqueeze(1), std * sigma, nan)
-        out["error"][idx] = e
-        out["score"][idx] = score
-        out["flag"][idx] = flag
-        out["late"][idx] = late
-        out["dropped"][idx] = ~active
+        hp = has_pred.unsqueeze(1)  # (n, 1)
+        torch.where(hp, mean + std * mu, self._nan, out=out[:, _OUT_COLS : _OUT_COLS + f])
+        torch.where(hp, std * sigma, self._nan, out=out[:, _OUT_COLS + f :])
+        out[:, _ERROR] = e
+        out[:, _SCORE] = score
+        out[:, _FLAG] = flag
+        out[:, _LATE] = late
+        out[:, _DROPPED] = False if active is None else ~active
+
+    def _fields_of(self, rows: list[Tensor], n: int) -> dict[str, Tensor]:
+        """Views of each state field in gathered rows (one (n, width) tensor per bank)."""
+        out = {}
+        for name, (b, lo, hi, dtype, shape) in self._layout.items():
+            cols = rows[b][:, lo:hi]
+            if cols.dtype != dtype:
+                cols = cols.view(dtype)
+            out[name] = cols.view(n, *shape) if shape != (hi - lo,) else cols
+        return out
 
     def snapshot(self, keys: Sequence[str] | None = None, extra: dict | None = None) -> bytes:
         meta = {"model_version": self.model_version, "imputed_total": self.imputed_total}

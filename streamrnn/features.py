@@ -54,9 +54,7 @@ def normalizer_std(mean: Tensor, var: Tensor) -> Tensor:
     return torch.sqrt(torch.maximum(var, floor * floor))  # (B, F)
 
 
-def normalize(
-    stats: Tensor, x: Tensor, clip: float
-) -> tuple[Tensor, Tensor, Tensor]:
+def normalize(stats: Tensor, x: Tensor, clip: float) -> tuple[Tensor, Tensor, Tensor]:
     """Normalise one event per key with the statistics before it.
 
     Inputs: stats (B, 3, F) rows of (count, mean, var); x (B, F) raw values, NaN when missing.
@@ -64,15 +62,18 @@ def normalize(
     """
     count, mean, var = stats.unbind(1)  # each (B, F)
     std = normalizer_std(mean, var)  # (B, F)
-    z = torch.where(count > 1, (x - mean) / std, torch.zeros_like(x))  # (B, F)
+    z = torch.where(count > 1, (x - mean) / std, 0.0)  # (B, F)
     z = torch.clamp(z, -clip, clip)  # NaN stays NaN
     return z, mean, std
 
 
-def update_normalizer(stats: Tensor, x: Tensor, horizon: int, learn: Tensor) -> Tensor:
+def update_normalizer(
+    stats: Tensor, x: Tensor, horizon: int, learn: Tensor, *, out: Tensor | None = None
+) -> Tensor:
     """Statistics after seeing x where ``learn`` (B,) is true and x is present.
 
-    Inputs: stats (B, 3, F); x (B, F); learn (B,) bool. Output: stats (B, 3, F).
+    Inputs: stats (B, 3, F); x (B, F); learn (B,) bool. Output: stats (B, 3, F), written into
+    ``out`` when given.
     """
     count, mean, var = stats.unbind(1)  # each (B, F)
     present = ~torch.isnan(x) & learn.unsqueeze(1)  # (B, F)
@@ -88,6 +89,7 @@ def update_normalizer(stats: Tensor, x: Tensor, horizon: int, learn: Tensor) -> 
             torch.where(present, new_var, var),
         ],
         dim=1,
+        out=out,
     )  # (B, 3, F)
 
 

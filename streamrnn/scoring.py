@@ -63,7 +63,9 @@ def relative_error(z: Tensor, mu: Tensor, sigma: Tensor, track: Tensor) -> tuple
     present = ~torch.isnan(z)  # (B, F)
     u = torch.nan_to_num((z - mu).abs() / sigma)  # (B, F)
     m = track[:, ERR_MEAN]  # (B, F)
-    rel = torch.where(m > 0, u / torch.clamp(m, min=_MIN_ERR_MEAN), torch.ones_like(u)) * present  # (B, F)
+    rel = torch.where(m > 0, u / torch.clamp(m, min=_MIN_ERR_MEAN), 1.0) * present  # (B, F)
+    if rel.shape[1] == 1:  # one feature: the mean over the present ones is that value (0 if absent)
+        return rel[:, 0], u
     n = present.sum(dim=1)  # (B,)
     return rel.sum(dim=1) / n.clamp_min(1), u
 
@@ -81,39 +83,50 @@ def out_of_range(x: Tensor, track: Tensor, margin: float) -> Tensor:
 
 
 def update_track(
-    track: Tensor, x: Tensor, u: Tensor, learn_error: Tensor, learn_range: Tensor, horizon: float
+    track: Tensor,
+    x: Tensor,
+    u: Tensor,
+    learn_error: Tensor,
+    learn_range: Tensor,
+    horizon: float,
+    *,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Error mean (where ``learn_error``) and range (where ``learn_range``) after this event.
 
     Inputs: track (B, 3, F), x (B, F) raw values, u (B, F), learn_error and learn_range (B,) bool.
-    Output: (B, 3, F). Missing values change nothing.
+    Output: (B, 3, F), written into ``out`` when given. Missing values change nothing.
     """
     present = ~torch.isnan(x)  # (B, F)
     m = track[:, ERR_MEAN]  # (B, F)
     new_m = torch.where(m > 0, m + (u - m) / horizon, torch.clamp(u, min=_MIN_ERR_MEAN))  # (B, F)
     m = torch.where(present & learn_error.unsqueeze(1), new_m, m)  # (B, F)
-    xv = torch.where(present & learn_range.unsqueeze(1), x, track[:, LOW])  # (B, F)
-    lo = torch.minimum(track[:, LOW], xv)  # (B, F)
-    xv = torch.where(present & learn_range.unsqueeze(1), x, track[:, HIGH])  # (B, F)
-    hi = torch.maximum(track[:, HIGH], xv)  # (B, F)
-    return torch.stack([m, lo, hi], dim=1)  # (B, 3, F)
+    seen = present & learn_range.unsqueeze(1)  # (B, F)
+    lo = torch.where(seen, torch.minimum(track[:, LOW], x), track[:, LOW])  # (B, F)
+    hi = torch.where(seen, torch.maximum(track[:, HIGH], x), track[:, HIGH])  # (B, F)
+    return torch.stack([m, lo, hi], dim=1, out=out)  # (B, 3, F)
 
 
 def score(stats: Tensor, e: Tensor, cfg: ScoringConfig) -> tuple[Tensor, Tensor]:
     """Calibrate. Inputs: stats (B, N_SCORER), e (B,). Outputs: score (B,), short (B,)."""
     count = stats[:, COUNT]  # (B,)
-    short = torch.where(count > 0, stats[:, SHORT] + (e - stats[:, SHORT]) / cfg.short_horizon, e)  # (B,)
+    short = torch.where(
+        count > 0, stats[:, SHORT] + (e - stats[:, SHORT]) / cfg.short_horizon, e
+    )  # (B,)
     std = torch.sqrt(torch.clamp(stats[:, LONG_VAR], min=_MIN_LONG_VAR))  # (B,)
     zs = (short - stats[:, LONG_MEAN]) / std  # (B,)
     lg = torch.clamp(-torch.special.log_ndtr(-zs) / _LN10, min=0.0)  # (B,) -log10 of the tail
     sc = lg / (lg + _HALF)  # (B,)
-    return torch.where(count > 1, sc, torch.zeros_like(sc)), short
+    return torch.where(count > 1, sc, 0.0), short
 
 
-def update(stats: Tensor, short: Tensor, learn: Tensor, cfg: ScoringConfig) -> Tensor:
+def update(
+    stats: Tensor, short: Tensor, learn: Tensor, cfg: ScoringConfig, *, out: Tensor | None = None
+) -> Tensor:
     """Long-run statistics after this event; unchanged where ``learn`` is false (flagged events).
 
-    Inputs: stats (B, N_SCORER), short (B,), learn (B,) bool. Output: (B, N_SCORER).
+    Inputs: stats (B, N_SCORER), short (B,), learn (B,) bool. Output: (B, N_SCORER), written into
+    ``out`` when given.
     """
     count = stats[:, COUNT]  # (B,)
     n1 = count + 1.0  # (B,)
@@ -124,6 +137,8 @@ def update(stats: Tensor, short: Tensor, learn: Tensor, cfg: ScoringConfig) -> T
     new = torch.stack([short, mean, var, n1], dim=1)  # (B, 4)
     # The short average always follows the data; the long-run statistics skip flagged events.
     kept = torch.stack([short, stats[:, LONG_MEAN], stats[:, LONG_VAR], count], dim=1)  # (B, 4)
+    if out is not None:
+        return torch.where(learn.unsqueeze(1), new, kept, out=out)
     return torch.where(learn.unsqueeze(1), new, kept)
 
 

@@ -1,9 +1,15 @@
 """Per-key state resident on the device.
 
-One tensor per field with one row per key: rows are allocated from a free list, capacity grows by
-doubling (no per-key allocation), and when the number of resident keys would exceed ``max_keys``
-the least recently seen keys that the current batch does not touch are evicted and counted.
-``snapshot()`` turns any subset of keys into bytes and ``restore()`` puts them back exactly.
+One row per key: rows are allocated from a free list, capacity grows by doubling (no per-key
+allocation), and when the number of resident keys would exceed ``max_keys`` the least recently
+seen keys that the current batch does not touch are evicted and counted. ``snapshot()`` turns any
+subset of keys into bytes and ``restore()`` puts them back exactly.
+
+Layout: the fields are packed side by side into one 2-D *bank* per element size (all 4-byte fields
+in one ``(capacity, width)`` tensor, all 8-byte fields in another), so reading or writing every
+field of a set of rows is one gather or one scatter per bank (:attr:`StateStore.banks`,
+:meth:`StateStore.field_slice`). ``tensors[name]`` is a view of its columns with the field's own
+shape and dtype, ``(capacity, *shape)``; writing into it writes into the bank.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import io
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import torch
@@ -37,10 +44,16 @@ class FieldSpec:
     def init_row(self) -> Tensor:
         if isinstance(self.init, tuple):
             if not self.shape or len(self.init) != self.shape[0]:
-                raise ValueError(f"init must have {self.shape[0] if self.shape else 0} values, got {self.init}")
+                raise ValueError(
+                    f"init must have {self.shape[0] if self.shape else 0} values, got {self.init}"
+                )
             vals = torch.tensor(self.init, dtype=self.dtype)  # (shape[0],)
             return vals.view(-1, *([1] * (len(self.shape) - 1))).expand(self.shape).clone()
         return torch.full(self.shape, self.init, dtype=self.dtype)
+
+
+def _bank_dtype(itemsize: int) -> torch.dtype:
+    return {1: torch.uint8, 2: torch.int16, 4: torch.float32, 8: torch.int64}[itemsize]
 
 
 class StateStore:
@@ -69,9 +82,31 @@ class StateStore:
         self.max_keys = max_keys
         self.device = torch.device(device)
         self.capacity = max(1, min(initial_capacity, max_keys))
-        self.tensors: dict[str, Tensor] = {
-            name: self._fresh(spec, self.capacity) for name, spec in self.specs.items()
-        }
+        # name -> (bank, first column, last column + 1); banks by element size, in spec order.
+        self._slices: dict[str, tuple[int, int, int]] = {}
+        sizes: list[int] = []
+        widths: list[int] = []
+        for name, spec in self.specs.items():
+            size = torch.empty((), dtype=spec.dtype).element_size()
+            if size not in sizes:
+                sizes.append(size)
+                widths.append(0)
+            b = sizes.index(size)
+            n = int(np.prod(spec.shape, dtype=np.int64))
+            self._slices[name] = (b, widths[b], widths[b] + n)
+            widths[b] += n
+        self._bank_dtypes = [_bank_dtype(size) for size in sizes]
+        self._widths = widths
+        # One fresh row per bank, as the banks' own dtype (fields of other dtypes as their bits).
+        self._init_rows = [
+            torch.empty(w, dtype=dt) for w, dt in zip(widths, self._bank_dtypes, strict=True)
+        ]
+        for name, spec in self.specs.items():
+            b, lo, hi = self._slices[name]
+            self._init_rows[b][lo:hi].view(spec.dtype).copy_(spec.init_row().reshape(-1))
+        self._init_rows = [r.to(self.device) for r in self._init_rows]
+        self.banks: list[Tensor] = [self._fresh_bank(b, self.capacity) for b in range(len(widths))]
+        self.tensors: dict[str, Tensor] = self._views()
         self.key_to_row: dict[str, int] = {}
         self.row_keys: list[str | None] = [None] * self.capacity
         self.free: list[int] = list(range(self.capacity - 1, -1, -1))  # pop() gives row 0 first
@@ -79,9 +114,20 @@ class StateStore:
         self.clock = 0
         self.evicted_total = 0
 
-    def _fresh(self, spec: FieldSpec, n: int) -> Tensor:
-        row = spec.init_row().to(self.device)  # (*shape)
-        return row.unsqueeze(0).expand(n, *spec.shape).clone()  # (n, *shape)
+    def _fresh_bank(self, b: int, n: int) -> Tensor:
+        return self._init_rows[b].unsqueeze(0).expand(n, -1).clone()  # (n, width)
+
+    def _views(self) -> dict[str, Tensor]:
+        out = {}
+        for name, spec in self.specs.items():
+            b, lo, hi = self._slices[name]
+            cols = self.banks[b][:, lo:hi].view(spec.dtype)  # (capacity, numel)
+            out[name] = cols.view(self.capacity, *spec.shape)
+        return out
+
+    def field_slice(self, name: str) -> tuple[int, int, int]:
+        """Where a field lives: ``(bank index, first column, last column + 1)`` of :attr:`banks`."""
+        return self._slices[name]
 
     def __len__(self) -> int:
         return len(self.key_to_row)
@@ -95,7 +141,7 @@ class StateStore:
     @property
     def nbytes(self) -> int:
         """Bytes of the device tensors (allocated capacity, not just resident keys)."""
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        return sum(t.numel() * t.element_size() for t in self.banks)
 
     @property
     def row_nbytes(self) -> int:
@@ -112,10 +158,10 @@ class StateStore:
         new_cap = min(new_cap, self.max_keys)
         if new_cap <= self.capacity:
             return
-        for name, spec in self.specs.items():
-            t = self._fresh(spec, new_cap)
-            t[: self.capacity] = self.tensors[name]
-            self.tensors[name] = t
+        for b, old in enumerate(self.banks):
+            t = self._fresh_bank(b, new_cap)
+            t[: self.capacity] = old
+            self.banks[b] = t
         self.row_keys.extend([None] * (new_cap - self.capacity))
         self.free = list(range(new_cap - 1, self.capacity - 1, -1)) + self.free
         self.last_seen = np.concatenate(
@@ -123,6 +169,7 @@ class StateStore:
         )
         log.debug("state capacity %d -> %d rows", self.capacity, new_cap)
         self.capacity = new_cap
+        self.tensors = self._views()
 
     def _evict(self, n: int, protected: set[int]) -> None:
         live = np.fromiter(self.key_to_row.values(), dtype=np.int64, count=len(self.key_to_row))
@@ -132,7 +179,11 @@ class StateStore:
             raise ValueError(
                 f"a batch touches more distinct keys than state.max_keys allows ({self.max_keys})"
             )
-        order = np.argpartition(self.last_seen[live], n - 1)[:n] if n < len(live) else np.arange(len(live))
+        order = (
+            np.argpartition(self.last_seen[live], n - 1)[:n]
+            if n < len(live)
+            else np.arange(len(live))
+        )
         victims = live[order]
         for row in victims.tolist():
             key = self.row_keys[row]
@@ -149,8 +200,8 @@ class StateStore:
         Marks every key as just seen. Output: (N,) int64.
         """
         self.clock += 1
-        get = self.key_to_row.get
-        rows = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        n = len(keys)
+        rows = np.fromiter(map(self.key_to_row.get, keys, repeat(-1, n)), dtype=np.int64, count=n)
         missing = np.nonzero(rows < 0)[0]
         if len(missing):
             new_keys = list(dict.fromkeys(keys[i] for i in missing.tolist()))
@@ -174,8 +225,8 @@ class StateStore:
 
     def reset_rows(self, rows: np.ndarray) -> None:
         idx = torch.as_tensor(rows, device=self.device)
-        for name, spec in self.specs.items():
-            self.tensors[name][idx] = spec.init_row().to(self.device)
+        for bank, row in zip(self.banks, self._init_rows, strict=True):
+            bank[idx] = row
 
     def drop(self, keys: Iterable[str]) -> int:
         """Forget keys (a revoked partition's, say). Returns how many were resident."""
@@ -191,8 +242,12 @@ class StateStore:
 
     def snapshot(self, keys: Iterable[str] | None = None, extra: dict | None = None) -> bytes:
         """Bytes holding the given keys' rows (all resident keys by default) and ``extra``."""
-        chosen = list(self.key_to_row) if keys is None else [k for k in keys if k in self.key_to_row]
-        idx = torch.as_tensor([self.key_to_row[k] for k in chosen], dtype=torch.int64, device=self.device)
+        chosen = (
+            list(self.key_to_row) if keys is None else [k for k in keys if k in self.key_to_row]
+        )
+        idx = torch.as_tensor(
+            [self.key_to_row[k] for k in chosen], dtype=torch.int64, device=self.device
+        )
         payload = {
             "format": SNAPSHOT_FORMAT,
             "keys": chosen,
@@ -207,13 +262,13 @@ class StateStore:
         """Load a snapshot's keys (replacing those keys' rows); returns the snapshot's ``extra``."""
         payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         if payload.get("format") != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format must be {SNAPSHOT_FORMAT}, got {payload.get('format')!r}")
+            raise ValueError(
+                f"snapshot format must be {SNAPSHOT_FORMAT}, got {payload.get('format')!r}"
+            )
         keys: list[str] = payload["keys"]
         fields: dict[str, Tensor] = payload["fields"]
         if set(fields) != set(self.specs):
-            raise ValueError(
-                f"snapshot fields must be {sorted(self.specs)}, got {sorted(fields)}"
-            )
+            raise ValueError(f"snapshot fields must be {sorted(self.specs)}, got {sorted(fields)}")
         for name, spec in self.specs.items():
             t = fields[name]
             if tuple(t.shape[1:]) != spec.shape or t.dtype != spec.dtype:

@@ -1,0 +1,1045 @@
+"""Throughput, latency and memory of the detector against the ceiling of one Kafka client.
+
+One run, on one broker and one topic (the embedded Tansu broker unless ``--bootstrap-servers``):
+
+1. **produce** ``--keys`` x ``--events-per-key`` JSON events ``{"key", "ts", "value"}`` into a
+   topic of ``--partitions`` partitions, keyed by the event key;
+2. **bare**: a kafka-python consumer that only polls and decodes each record with orjson, the
+   ceiling of one Python process on this broker;
+3. **detector**: the real :class:`streamrnn.service.app.Detector` (a randomly initialised model
+   written with :func:`streamrnn.modeldir.save_model`) consuming the same topic in its own
+   consumer group; events/s from its ``streamrnn_events_total`` counter between its first
+   batch and the last event;
+4. **naive**: what one writes by hand: per record, orjson, a dict of per-key ``(h, c)`` and one
+   ``torch.nn.LSTMCell`` step per layer (same hidden size and layers) plus the output layer;
+5. **latency**: a producer in another process writes events stamped with the wall clock at
+   fixed fractions of the detector's measured rate (``--latency-fractions``, 0.1 and 0.5); p50
+   and p99 from the detector's ``streamrnn_event_lag_seconds`` histogram (event time to scored
+   and published), interpolated in its buckets, and the exact share within 100 ms;
+6. **memory**: state store bytes per resident key against the bytes of the hidden state;
+7. **step**: the engine alone over 1k, 10k, 100k and 1M resident keys (``--step-keys``) on
+   ``--device``: ``Engine.process`` (keys to rows, waves, the step, results back on the host)
+   and the per-wave device step alone (CUDA timed with ``torch.cuda.synchronize()``).
+
+Each Kafka measurement runs ``--repeat`` times (the detector with a fresh consumer group each
+time) and the best run counts; rates are measured from the first batch to the last event, so
+connection set-up and the group join do not count. A table goes to stdout, everything to
+``--json``, a plot of throughput against resident keys to ``--plot``.
+
+    python -m bench.throughput [--quick] [--json FILE] [--plot FILE] [--device cpu|cuda|auto]
+    streamrnn bench ...          (the same, from a source checkout)
+
+Results and what they mean: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+
+log = logging.getLogger("bench.throughput")
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tansu completes a group's first join after the rebalance timeout (kafka-python's
+# max_poll_interval_ms): keep it short so the detector starts in seconds.
+FAST_GROUP = {
+    "max_poll_interval_ms": 6000,
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 1000,
+}
+T0 = 1_700_000_000.0  # event time of the produced topic's first step
+INTERVAL_S = 60.0  # event-time step between a key's events
+DEFAULT_STEP_KEYS = (1_000, 10_000, 100_000, 1_000_000)
+QUICK_STEP_KEYS = (1_000, 10_000)
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+
+
+FULL = {
+    "keys": 1000,
+    "events_per_key": 120,
+    "partitions": 4,
+    "repeat": 2,
+    "latency_seconds": 15.0,
+    "latency_fractions": "0.1,0.5",
+    "step_keys": ",".join(str(k) for k in DEFAULT_STEP_KEYS),
+    "max_poll_records": 5000,
+}
+QUICK = {
+    "keys": 50,
+    "events_per_key": 40,
+    "partitions": 2,
+    "repeat": 1,
+    "latency_seconds": 3.0,
+    "latency_fractions": "0.5",
+    "step_keys": ",".join(str(k) for k in QUICK_STEP_KEYS),
+    "max_poll_records": 200,  # several batches even from a small topic
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", type=int, help="keys in the topic (default 1000; --quick 50)")
+    p.add_argument("--events-per-key", type=int, help="events per key (default 120; --quick 40)")
+    p.add_argument("--partitions", type=int, help="topic partitions (default 4; --quick 2)")
+    p.add_argument(
+        "--cell", choices=["lstm", "gru"], default="lstm", help="model cell (default lstm)"
+    )
+    p.add_argument("--hidden", type=int, default=64, help="hidden units per layer (default 64)")
+    p.add_argument("--layers", type=int, default=1, help="recurrent layers (default 1)")
+    p.add_argument(
+        "--max-poll-records",
+        type=int,
+        help="records per poll, every consumer (default 5000, the service's default; --quick 200)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help="runs of each Kafka measurement, the best counts (default 2; --quick 1)",
+    )
+    p.add_argument(
+        "--latency-seconds",
+        type=float,
+        help="paced production per latency rate, seconds (default 15; --quick 3; 0 skips)",
+    )
+    p.add_argument(
+        "--latency-fractions",
+        help="paced rates as fractions of the detector's measured rate (default 0.1,0.5; --quick 0.5)",
+    )
+    p.add_argument(
+        "--step-keys",
+        help="resident keys of the engine benchmark, comma separated "
+        "(default 1000,10000,100000,1000000; --quick 1000,10000; empty skips)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="device of the detector and the engine benchmark: auto, cpu, cuda, cuda:N (default auto)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (default 0: torch's own default)",
+    )
+    p.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="use this broker instead of starting the embedded one",
+    )
+    p.add_argument("--skip-naive", action="store_true", help="skip the naive loop")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test: small topic, one run each, 1k and 10k keys",
+    )
+    p.add_argument(
+        "--json", dest="json_path", default=None, help="write every figure to this JSON file"
+    )
+    p.add_argument("--plot", default=None, help="write a PNG of throughput against resident keys")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the values and the model (default 0)"
+    )
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the size options the command line left out (from QUICK with --quick, else FULL)."""
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# The topic
+
+
+def event_bytes(keys: int, steps: int, seed: int) -> Iterator[tuple[bytes, bytes]]:
+    """``(key, JSON)`` of every event, step by step (each key's events in time order)."""
+    rng = np.random.default_rng(seed)
+    names = [f"key-{i:05d}" for i in range(keys)]
+    level = rng.uniform(10.0, 1000.0, size=keys)  # (K,)
+    phase = rng.uniform(0.0, 2 * math.pi, size=keys)  # (K,)
+    for j in range(steps):
+        ts = T0 + j * INTERVAL_S
+        vals = level * (1.0 + 0.1 * np.sin(phase + j * 2 * math.pi / 96)) + rng.normal(
+            0.0, 1.0, keys
+        )
+        for name, v in zip(names, vals.tolist(), strict=True):
+            yield name.encode(), orjson.dumps({"key": name, "ts": ts, "value": round(v, 4)})
+
+
+def produce_topic(bootstrap: str, topic: str, keys: int, steps: int, seed: int) -> dict[str, Any]:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=20,
+        batch_size=512 * 1024,
+        max_request_size=8 << 20,
+    )
+    t0 = time.perf_counter()
+    n = 0
+    try:
+        for k, v in event_bytes(keys, steps, seed):
+            producer.send(topic, key=k, value=v)
+            n += 1
+        producer.flush(timeout=120)
+    finally:
+        producer.close(timeout=10)
+    dt = time.perf_counter() - t0
+    return {"events": n, "seconds": dt, "events_per_s": n / dt}
+
+
+def _consumer(bootstrap: str, topic: str, max_poll_records: int) -> Any:
+    """A group-less consumer assigned every partition of ``topic`` from the beginning."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=max_poll_records
+    )
+    parts: set[int] = set()
+    deadline = time.monotonic() + 30
+    while not parts:
+        parts = c.partitions_for_topic(topic) or set()
+        if not parts:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} not found")
+            time.sleep(0.05)
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    return c
+
+
+class _Rate:
+    """Events per second from the end of the first batch to the last event."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.first_t: float | None = None
+        self.first_n = 0
+
+    def seen(self, n: int) -> None:
+        if self.first_t is None and n > 0:
+            self.first_t, self.first_n = time.perf_counter(), n
+
+    def result(self, n: int) -> dict[str, Any]:
+        dt = time.perf_counter() - (self.first_t or time.perf_counter())
+        measured = n - self.first_n
+        return {
+            "events": n,
+            "measured_events": measured,
+            "seconds": dt,
+            "events_per_s": measured / dt if dt > 0 and measured > 0 else float("nan"),
+        }
+
+
+def _consume(
+    bootstrap: str,
+    topic: str,
+    total: int,
+    max_poll_records: int,
+    handle: Callable[[list[Any]], None],
+    timeout_s: float,
+) -> dict[str, Any]:
+    c = _consumer(bootstrap, topic, max_poll_records)
+    rate = _Rate(total)
+    n = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while n < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"consumed {n} of {total} events in {timeout_s:g} s")
+            polled = c.poll(timeout_ms=200, max_records=max_poll_records)
+            for recs in polled.values():
+                handle(recs)
+                n += len(recs)
+            rate.seen(n)
+    finally:
+        c.close(autocommit=False)
+    return rate.result(n)
+
+
+def bare_loop(bootstrap: str, topic: str, total: int, max_poll_records: int) -> dict[str, Any]:
+    """Poll and decode each record with orjson: nothing else."""
+    loads = orjson.loads
+
+    def handle(recs: list[Any]) -> None:
+        for r in recs:
+            loads(r.value)
+
+    return _consume(bootstrap, topic, total, max_poll_records, handle, timeout_s=600)
+
+
+def naive_loop(
+    bootstrap: str,
+    topic: str,
+    total: int,
+    max_poll_records: int,
+    hidden: int,
+    layers: int,
+    cell: str,
+    seed: int,
+) -> dict[str, Any]:
+    """The hand-written loop: one torch cell step per record, a dict of per-key state."""
+    torch.manual_seed(seed)
+    cls = torch.nn.LSTMCell if cell == "lstm" else torch.nn.GRUCell
+    cells = [cls(1 if i == 0 else hidden, hidden).eval() for i in range(layers)]
+    head = torch.nn.Linear(hidden, 2).eval()
+    state: dict[str, list[Any]] = {}
+    loads = orjson.loads
+    lstm = cell == "lstm"
+
+    def handle(recs: list[Any]) -> None:
+        with torch.no_grad():
+            for r in recs:
+                ev = loads(r.value)
+                key = ev["key"]
+                st = state.get(key)
+                if st is None:
+                    zero = torch.zeros(1, hidden)
+                    st = [(zero, zero) if lstm else zero for _ in range(layers)]
+                x = torch.tensor([[float(ev["value"])]])
+                new = []
+                for c, s in zip(cells, st, strict=True):
+                    s = c(x, s)
+                    new.append(s)
+                    x = s[0] if lstm else s
+                head(x)
+                state[key] = new
+
+    return _consume(bootstrap, topic, total, max_poll_records, handle, timeout_s=1800)
+
+
+# ----------------------------------------------------------------------------------------------
+# The detector
+
+
+def write_model(out: Path, cell: str, hidden: int, layers: int, seed: int) -> Path:
+    """A randomly initialised forecaster in a model directory (save_model's format)."""
+    from streamrnn.config import load_config
+    from streamrnn.features import N_CALENDAR
+    from streamrnn.model import Forecaster
+    from streamrnn.modeldir import save_model
+
+    cfg = load_config(
+        None,
+        overrides={
+            "model.cell": cell,
+            "model.hidden_size": hidden,
+            "model.num_layers": layers,
+            "model.dropout": 0.0,
+        },
+    )
+    torch.manual_seed(seed)
+    model = Forecaster(cfg.model, n_values=1, n_extra=N_CALENDAR if cfg.model.calendar else 0)
+    save_model(out, model, cfg, feature_names=("value",), metrics={}, data_summary={})
+    return out
+
+
+def detector_config(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    model: Path,
+    state_dir: Path,
+    device: str,
+    max_poll_records: int,
+) -> Any:
+    from streamrnn.config import load_config
+
+    raw = {
+        "state": {"device": device},
+        "service": {
+            "bootstrap_servers": [bootstrap],
+            "topics": [topic],
+            "group": group,
+            "model": str(model),
+            "state_dir": str(state_dir),
+            "alerts_topic": f"{topic}.alerts",
+            "dlq_topic": f"{topic}.dlq",
+            "metrics_host": "127.0.0.1",
+            "metrics_port": 0,
+            "model_poll_interval_s": 0.0,
+            "max_poll_records": max_poll_records,
+            **FAST_GROUP,
+        },
+    }
+    return load_config(raw)
+
+
+class RunningDetector:
+    """A :class:`Detector` in a thread of this process, read through its own metrics."""
+
+    def __init__(self, config: Any) -> None:
+        from streamrnn.service.app import Detector
+
+        self.detector = Detector(config)
+        self.registry = self.detector.registry
+        self.rc: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="detector")
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.rc = self.detector.run()
+
+    def processed(self) -> int:
+        return int(
+            self.registry.get_sample_value("streamrnn_events_total", {"outcome": "processed"}) or 0
+        )
+
+    def lag_buckets(self) -> dict[float, float]:
+        """Cumulative counts of streamrnn_event_lag_seconds by upper bound."""
+        out: dict[float, float] = {}
+        for metric in self.registry.collect():
+            if metric.name != "streamrnn_event_lag_seconds":
+                continue
+            for s in metric.samples:
+                if s.name.endswith("_bucket"):
+                    out[float(s.labels["le"])] = s.value
+        return out
+
+    def wait_processed(
+        self, total: int, timeout_s: float, interval: float = 0.005
+    ) -> dict[str, Any]:
+        """Sample the processed counter until it reaches ``total``; the rate from the first batch."""
+        rate = _Rate(total)
+        deadline = time.monotonic() + timeout_s
+        n = 0
+        batch_s_first = 0.0
+        while n < total:
+            if not self.thread.is_alive():
+                raise RuntimeError(
+                    f"the detector stopped (exit status {self.rc}) after {n} of {total} events"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the detector processed {n} of {total} events in {timeout_s:g} s"
+                )
+            time.sleep(interval)
+            n = self.processed()
+            first = rate.first_t is None and n > 0
+            rate.seen(n)
+            if first:
+                # The first batch is counted as processed just before its timer is recorded.
+                settle = time.monotonic() + 0.1
+                while (
+                    self.registry.get_sample_value("streamrnn_batch_duration_seconds_count") == 0
+                    and time.monotonic() < settle
+                ):
+                    time.sleep(0.0005)
+                batch_s_first = self.batch_seconds()
+        res = rate.result(n)
+        # Over the same window: the share of the detector's time in its batch work.
+        res["batch_share"] = (
+            (self.batch_seconds() - batch_s_first) / res["seconds"] if res["seconds"] > 0 else None
+        )
+        return res
+
+    def batch_seconds(self) -> float:
+        """The detector's own batch timer: decode, engine, publish, commit (all but poll)."""
+        return float(self.registry.get_sample_value("streamrnn_batch_duration_seconds_sum") or 0)
+
+    def stop(self, timeout: float = 60) -> int | None:
+        self.detector.stop()
+        self.thread.join(timeout)
+        return self.rc
+
+
+def memory_figures(engine: Any) -> dict[str, Any]:
+    """Bytes per resident key: the state store's rows against the hidden state alone."""
+    from streamrnn.engine import state_fields
+
+    store = engine.store
+    keys = len(store)
+    hidden = state_fields(engine.model)["hidden"]
+    hidden_bytes = int(np.prod(hidden.shape)) * torch.empty((), dtype=hidden.dtype).element_size()
+    row = store.row_nbytes
+    host = sys.getsizeof(store.key_to_row) + sys.getsizeof(store.row_keys) + store.last_seen.nbytes
+    host += sum(sys.getsizeof(k) for k in store.key_to_row)
+    return {
+        "resident_keys": keys,
+        "capacity_rows": store.capacity,
+        "hidden_bytes_per_key": hidden_bytes,
+        "row_bytes_per_key": row,
+        "row_ratio": row / hidden_bytes,
+        "allocated_bytes": store.nbytes,
+        "allocated_bytes_per_key": store.nbytes / max(keys, 1),
+        "allocated_ratio": store.nbytes / max(keys, 1) / hidden_bytes,
+        "host_index_bytes_per_key": host / max(keys, 1),
+    }
+
+
+def detector_run(
+    bootstrap: str,
+    topic: str,
+    total: int,
+    model: Path,
+    work: Path,
+    device: str,
+    max_poll_records: int,
+) -> tuple[dict[str, Any], RunningDetector]:
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    state_dir = work / group
+    cfg = detector_config(bootstrap, topic, group, model, state_dir, device, max_poll_records)
+    det = RunningDetector(cfg)
+    try:
+        res = det.wait_processed(total, timeout_s=600)
+    except BaseException:
+        det.stop()
+        raise
+    res["batches"] = det.registry.get_sample_value("streamrnn_batch_duration_seconds_count") or 0
+    res["batch_seconds_total"] = det.batch_seconds()
+    return res, det
+
+
+# ----------------------------------------------------------------------------------------------
+# Latency at a fixed rate
+
+
+def _paced_producer(
+    bootstrap: str, topic: str, keys: int, rate: float, seconds: float, out: Any
+) -> None:
+    """Produce ``rate`` events/s for ``seconds``, each stamped with the wall clock when sent."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    names = [f"key-{i:05d}".encode() for i in range(keys)]
+    texts = [n.decode() for n in names]
+    rng = np.random.default_rng(1)
+    levels = rng.uniform(10.0, 1000.0, size=keys).tolist()
+    sent = 0
+    start = time.perf_counter()
+    end = start + seconds
+    i = 0
+    while True:
+        now = time.perf_counter()
+        if now >= end:
+            break
+        due = int((now - start) * rate)
+        while sent < due:
+            k = i % keys
+            i += 1
+            v = levels[k] * (1.0 + 0.01 * math.sin(i * 0.01))
+            producer.send(
+                topic,
+                key=names[k],
+                value=orjson.dumps({"key": texts[k], "ts": time.time(), "value": v}),
+            )
+            sent += 1
+        time.sleep(0.002)
+    producer.flush(timeout=60)
+    elapsed = time.perf_counter() - start
+    producer.close(timeout=10)
+    out.put({"sent": sent, "seconds": elapsed, "events_per_s": sent / elapsed})
+
+
+def quantile_from_buckets(buckets: dict[float, float], q: float) -> float:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket holding ``q``."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    prev_b, prev_c = 0.0, 0.0
+    for b in bounds:
+        c = buckets[b]
+        if c >= rank:
+            if math.isinf(b):
+                return prev_b
+            return prev_b + (b - prev_b) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0.0)
+        prev_b, prev_c = b, c
+    return bounds[-2]
+
+
+def latency_run(
+    det: RunningDetector, bootstrap: str, topic: str, keys: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    """Events stamped with the wall clock at ``rate`` per second for ``seconds``; their lag from
+    the detector's histogram, without the first ``warm`` seconds."""
+    already = det.processed()
+    warm = min(2.0, seconds / 4)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(
+        target=_paced_producer, args=(bootstrap, topic, keys, rate, seconds, q), daemon=True
+    )
+    proc.start()
+    try:
+        # The producer's start-up (a fresh interpreter) is not part of the measurement.
+        deadline = time.monotonic() + 60
+        while det.processed() <= already:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no paced event reached the detector in 60 s")
+            time.sleep(0.01)
+        time.sleep(warm)
+        before = det.lag_buckets()
+        got = q.get(timeout=seconds + 120)
+        proc.join(30)
+        det.wait_processed(already + got["sent"], timeout_s=120)
+        after = det.lag_buckets()
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+    delta = {b: after[b] - before.get(b, 0.0) for b in after}
+    total = delta[math.inf]
+    within = delta.get(0.1, 0.0)
+    return {
+        "fraction_of_max": None,
+        "target_events_per_s": rate,
+        "produced_events_per_s": got["events_per_s"],
+        "seconds": got["seconds"],
+        "observed_events": total,
+        "p50_s": quantile_from_buckets(delta, 0.5),
+        "p99_s": quantile_from_buckets(delta, 0.99),
+        "within_100ms": within / total if total else float("nan"),
+        "buckets": {("+Inf" if math.isinf(b) else repr(b)): delta[b] for b in sorted(delta)},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine alone
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(
+    fn: Callable[[], Any], device: torch.device, min_seconds: float, min_reps: int
+) -> tuple[float, int]:
+    """Seconds per call (best of the calls made), after one warm-up call."""
+    fn()
+    _sync(device)
+    best = math.inf
+    reps = 0
+    t_all = time.perf_counter()
+    while reps < min_reps or time.perf_counter() - t_all < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+        reps += 1
+    return best, reps
+
+
+def step_bench(
+    cell: str,
+    hidden: int,
+    layers: int,
+    sizes: Sequence[int],
+    device: torch.device,
+    seed: int,
+    quick: bool,
+) -> list[dict[str, Any]]:
+    """The engine alone over each number of resident keys (one event per key: one wave)."""
+    out = []
+    for k in sizes:
+        out.append(_step_one(cell, hidden, layers, k, device, seed, 0.2 if quick else 1.0))
+        log.info(
+            "engine, %s keys on %s: process %.0f steps/s, wave %.0f steps/s",
+            f"{k:,}",
+            device,
+            out[-1]["process_steps_per_s"],
+            out[-1]["wave_steps_per_s"],
+        )
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def _step_one(
+    cell: str, hidden: int, layers: int, k: int, device: torch.device, seed: int, min_s: float
+) -> dict[str, Any]:
+    """``Engine.process`` of one event for each of ``k`` resident keys (keys to rows, waves, the
+    step, results back on the host), and the per-wave device step alone (``Engine.step_wave``)."""
+    from streamrnn.config import load_config
+    from streamrnn.engine import Engine
+    from streamrnn.features import N_CALENDAR, calendar_features
+    from streamrnn.model import Forecaster
+
+    cfg = load_config(
+        None,
+        overrides={
+            "model.cell": cell,
+            "model.hidden_size": hidden,
+            "model.num_layers": layers,
+            "state.max_keys": k,
+            "state.initial_capacity": k,
+        },
+    )
+    torch.manual_seed(seed)
+    engine = Engine(Forecaster(cfg.model, n_values=1, n_extra=N_CALENDAR), cfg, device=device)
+    keys = [f"key-{i:07d}" for i in range(k)]
+    values = np.random.default_rng(seed).normal(100.0, 10.0, size=(k, 1)).astype(np.float32)
+    clock = [T0]
+
+    def process() -> None:
+        clock[0] += INTERVAL_S
+        engine.process(keys, np.full(k, clock[0]), values)
+
+    per_process, reps_p = _timed(process, device, min_s, 2)
+
+    rows = torch.as_tensor(engine.store.rows(keys), device=device)  # (k,)
+    times = torch.full((k,), clock[0] + INTERVAL_S, dtype=torch.float64, device=device)  # (k,)
+    vals = torch.as_tensor(values, device=device)  # (k, 1)
+    cal = torch.as_tensor(calendar_features(np.full(k, clock[0])), device=device)  # (k, 4)
+
+    def wave() -> None:
+        engine.step_wave(rows, times, vals, cal)
+
+    per_wave, reps_w = _timed(wave, device, min_s, 3)
+    mem = memory_figures(engine)
+    return {
+        "keys": k,
+        "device": str(device),
+        "process_steps_per_s": k / per_process,
+        "process_seconds": per_process,
+        "process_reps": reps_p,
+        "wave_steps_per_s": k / per_wave,
+        "wave_seconds": per_wave,
+        "wave_reps": reps_w,
+        "row_ratio": mem["row_ratio"],
+        "allocated_ratio": mem["allocated_ratio"],
+        "host_index_bytes_per_key": mem["host_index_bytes_per_key"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    with contextlib.suppress(Exception):
+        import kafka
+
+        info["kafka_python"] = kafka.__version__
+    return info
+
+
+def _fmt_rate(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:,.0f}"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = []
+    m = r["machine"]
+    lines.append(
+        f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
+    )
+    c = r["config"]
+    lines.append(
+        f"topic: {c['keys']} keys x {c['events_per_key']} events, {c['partitions']} partitions; "
+        f"model {c['cell']} hidden {c['hidden']} x {c['layers']} layer(s); max_poll_records {c['max_poll_records']}"
+    )
+    tp = r["throughput"]
+    lines.append("")
+    lines.append(f"{'loop':<10} {'events/s':>12} {'runs (events/s)':<40}")
+    for name in ("bare", "detector", "naive"):
+        t = tp.get(name)
+        if not t:
+            continue
+        runs = ", ".join(_fmt_rate(x["events_per_s"]) for x in t["runs"])
+        lines.append(f"{name:<10} {_fmt_rate(t['events_per_s']):>12} {runs:<40}")
+    ratios = tp.get("ratios", {})
+    if ratios:
+        lines.append(
+            "detector / bare = {:.2f} (target >= 0.8); detector / naive = {}".format(
+                ratios["detector_over_bare"],
+                f"{ratios['detector_over_naive']:.1f} (target >= 3)"
+                if "detector_over_naive" in ratios
+                else "-",
+            )
+        )
+    det = tp.get("detector") or {}
+    if det.get("batch_share") is not None:
+        lines.append(
+            f"detector: {det['batch_share'] * 100:.0f}% of its time in batch work (decode, engine, publish, "
+            f"commit), the rest in poll; {det['events_per_batch']:.0f} events per batch"
+        )
+    for lat in r.get("latency_by_rate") or []:
+        lines.append(
+            f"latency at {lat['produced_events_per_s']:,.0f} events/s ({lat['fraction_of_max']:g} x the detector's rate): "
+            f"p50 {lat['p50_s'] * 1000:.1f} ms, p99 {lat['p99_s'] * 1000:.1f} ms, "
+            f"{lat['within_100ms'] * 100:.2f}% within 100 ms (target at 0.5 x: p99 <= 100 ms)"
+        )
+    mem = r.get("memory")
+    if mem:
+        lines.append(
+            f"state per key: {mem['row_bytes_per_key']} B in rows vs {mem['hidden_bytes_per_key']} B of hidden state "
+            f"= {mem['row_ratio']:.3f}x (target <= 1.25); allocated {mem['allocated_bytes_per_key']:.0f} B/key "
+            f"= {mem['allocated_ratio']:.3f}x ({mem['capacity_rows']} rows for {mem['resident_keys']} keys); "
+            f"host index {mem['host_index_bytes_per_key']:.0f} B/key"
+        )
+    steps = r.get("step") or []
+    if steps:
+        lines.append("")
+        lines.append(
+            f"{'resident keys':>14} {'device':<8} {'process steps/s':>16} {'wave steps/s':>14} {'wave ms':>9}"
+        )
+        for s in steps:
+            lines.append(
+                f"{s['keys']:>14,} {s['device']:<8} {_fmt_rate(s['process_steps_per_s']):>16} "
+                f"{_fmt_rate(s['wave_steps_per_s']):>14} {s['wave_seconds'] * 1000:>9.2f}"
+            )
+    return "\n".join(lines)
+
+
+def plot(r: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = r.get("step") or []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for dev in sorted({s["device"] for s in steps}):
+        rows = [s for s in steps if s["device"] == dev]
+        ks = [s["keys"] for s in rows]
+        ax.plot(ks, [s["wave_steps_per_s"] for s in rows], "o-", label=f"per-wave step ({dev})")
+        ax.plot(
+            ks, [s["process_steps_per_s"] for s in rows], "s--", label=f"Engine.process ({dev})"
+        )
+    tp = r.get("throughput", {})
+    keys = r["config"]["keys"]
+    for name, marker in (("detector", "*"), ("bare", "^"), ("naive", "v")):
+        if tp.get(name):
+            ax.plot(
+                [keys], [tp[name]["events_per_s"]], marker, markersize=11, label=f"{name} on Kafka"
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("resident keys")
+    ax.set_ylabel("steps (events) per second")
+    c = r["config"]
+    m = r["machine"]
+    ax.set_title(
+        f"{c['cell'].upper()} {c['hidden']}x{c['layers']}, {m['cores']} cores ({m['cpu']})",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    best = max(runs, key=lambda x: x["events_per_s"] if math.isfinite(x["events_per_s"]) else -1.0)
+    return {"events_per_s": best["events_per_s"], "runs": runs}
+
+
+@contextlib.contextmanager
+def _broker(bootstrap: str | None) -> Iterator[str]:
+    if bootstrap:
+        yield bootstrap
+        return
+    from streamrnn.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as b:
+        yield b.bootstrap_servers
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    from streamrnn.broker import create_topics
+    from streamrnn.modeldir import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    total = args.keys * args.events_per_key
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "config": {
+            "keys": args.keys,
+            "events_per_key": args.events_per_key,
+            "events": total,
+            "partitions": args.partitions,
+            "cell": args.cell,
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "max_poll_records": args.max_poll_records,
+            "repeat": args.repeat,
+            "device": str(device),
+            "quick": args.quick,
+        },
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="streamrnn-bench-") as tmp,
+        _broker(args.bootstrap_servers) as bootstrap,
+    ):
+        work = Path(tmp)
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        create_topics(bootstrap, {topic: args.partitions})
+        log.info("producing %s events to %s", f"{total:,}", topic)
+        result["produce"] = produce_topic(
+            bootstrap, topic, args.keys, args.events_per_key, args.seed
+        )
+        model = write_model(work / "model", args.cell, args.hidden, args.layers, args.seed)
+
+        bare, detector, naive = [], [], []
+        det: RunningDetector | None = None
+        try:
+            for i in range(args.repeat):
+                if det is not None:
+                    det.stop()
+                    det = None
+                log.info("bare loop, run %d", i + 1)
+                bare.append(bare_loop(bootstrap, topic, total, args.max_poll_records))
+                log.info("bare: %.0f events/s", bare[-1]["events_per_s"])
+                log.info("detector, run %d", i + 1)
+                res, det = detector_run(
+                    bootstrap, topic, total, model, work, str(device), args.max_poll_records
+                )
+                detector.append(res)
+                log.info("detector: %.0f events/s", res["events_per_s"])
+            assert det is not None
+            result["memory"] = memory_figures(det.detector.engine)
+            tp: dict[str, Any] = {"bare": _best(bare), "detector": _best(detector)}
+            best = max(detector, key=lambda x: x["events_per_s"])
+            tp["detector"]["batch_share"] = best["batch_share"]
+            tp["detector"]["events_per_batch"] = best["events"] / max(best["batches"], 1)
+            if args.latency_seconds > 0:
+                runs = []
+                for frac in [float(x) for x in str(args.latency_fractions).split(",") if x.strip()]:
+                    top = tp["detector"]["events_per_s"]
+                    rate = (top if math.isfinite(top) else 2000.0) * frac
+                    log.info(
+                        "latency: %.0f events/s (%g of the detector's rate) for %g s",
+                        rate,
+                        frac,
+                        args.latency_seconds,
+                    )
+                    lat = latency_run(det, bootstrap, topic, args.keys, rate, args.latency_seconds)
+                    lat["fraction_of_max"] = frac
+                    runs.append(lat)
+                result["latency_by_rate"] = runs
+                half = [x for x in runs if x["fraction_of_max"] == 0.5]
+                result["latency"] = half[0] if half else runs[-1]
+        finally:
+            if det is not None:
+                det.stop()
+        if not args.skip_naive:
+            for i in range(args.repeat):
+                log.info("naive loop, run %d", i + 1)
+                naive.append(
+                    naive_loop(
+                        bootstrap,
+                        topic,
+                        total,
+                        args.max_poll_records,
+                        args.hidden,
+                        args.layers,
+                        args.cell,
+                        args.seed,
+                    )
+                )
+                log.info("naive: %.0f events/s", naive[-1]["events_per_s"])
+            tp["naive"] = _best(naive)
+        ratios = {"detector_over_bare": tp["detector"]["events_per_s"] / tp["bare"]["events_per_s"]}
+        if naive:
+            ratios["detector_over_naive"] = (
+                tp["detector"]["events_per_s"] / tp["naive"]["events_per_s"]
+            )
+        tp["ratios"] = ratios
+        result["throughput"] = tp
+
+    sizes = [int(s) for s in str(args.step_keys).split(",") if s.strip()]
+    if sizes:
+        result["step"] = step_bench(
+            args.cell, args.hidden, args.layers, sizes, device, args.seed, args.quick
+        )
+    result["machine"]["load_average_at_end"] = (
+        os.getloadavg() if hasattr(os, "getloadavg") else None
+    )
+    return result
+
+
+def run(args: argparse.Namespace, command: str | None = None) -> int:
+    """Run the benchmark for parsed arguments; print the table, write --json and --plot."""
+    resolve(args)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+        )
+    log.setLevel(logging.INFO)
+    for noisy in ("kafka", "streamrnn"):  # the clients' and the detector's own INFO lines
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    result = run_benchmark(args)
+    result["command"] = command or " ".join(
+        ["python -m bench.throughput", *map(shlex.quote, sys.argv[1:])]
+    )
+    print(format_report(result))
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(result, indent=2, default=float) + "\n")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot(result, args.plot)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.throughput",
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    return run(args, " ".join(["python -m bench.throughput", *map(shlex.quote, argv)]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
