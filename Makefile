@@ -42,5 +42,8 @@ format: install ## apply ruff's formatting and fixes
 nab: install ## detection quality on ../shared/data/nab-dev (see docs/quality.md)
 	$(BIN)/python -m bench.nab
 
+bench: install ## throughput, latency and memory on the embedded broker (see docs/benchmarks.md)
+	$(BIN)/python -m bench.throughput
+
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -217,8 +217,15 @@ def _consumer(bootstrap: str, topic: str, max_poll_records: int) -> Any:
     """A group-less consumer assigned every partition of ``topic`` from the beginning."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from streamrnn.config import ServiceConfig
+
+    svc = ServiceConfig()  # the detector's fetch settings, so the ceiling is measured like for like
     c = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=max_poll_records
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        max_poll_records=max_poll_records,
+        fetch_max_wait_ms=svc.fetch_max_wait_ms,
+        max_partition_fetch_bytes=svc.max_partition_fetch_bytes,
     )
     parts: set[int] = set()
     deadline = time.monotonic() + 30

@@ -182,6 +182,11 @@ class ServiceConfig:
     metrics_port: int = _rule(9108, lambda x: 0 <= x <= 65535, "must be a port in [0, 65535]")
     max_poll_records: int = _rule(5000, _pos, "must be an integer >= 1")
     poll_timeout_ms: int = _rule(200, _pos, "must be an integer >= 1")
+    # How long the broker may hold a fetch with no new data: bounds the latency at low rates.
+    fetch_max_wait_ms: int = _rule(50, _nonneg, "must be an integer >= 0")
+    # Bytes fetched per partition and request: smaller mixes partitions within one poll, so a
+    # batch spans more keys and the engine runs fewer, wider waves.
+    max_partition_fetch_bytes: int = _rule(262_144, lambda x: x >= 1024, "must be an integer >= 1024")
     # kafka-python's rebalance timeout is max_poll_interval_ms: a group's first join waits for it.
     max_poll_interval_ms: int = _rule(300_000, lambda x: x >= 1000, "must be an integer >= 1000")
     session_timeout_ms: int = _rule(10_000, lambda x: x >= 1000, "must be an integer >= 1000")

@@ -238,6 +238,8 @@ class Detector:
                     enable_auto_commit=False,
                     auto_offset_reset=svc.auto_offset_reset,
                     max_poll_records=svc.max_poll_records,
+                    fetch_max_wait_ms=svc.fetch_max_wait_ms,
+                    max_partition_fetch_bytes=svc.max_partition_fetch_bytes,
                     max_poll_interval_ms=svc.max_poll_interval_ms,
                     session_timeout_ms=svc.session_timeout_ms,
                     heartbeat_interval_ms=svc.heartbeat_interval_ms,
