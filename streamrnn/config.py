@@ -186,7 +186,9 @@ class ServiceConfig:
     fetch_max_wait_ms: int = _rule(50, _nonneg, "must be an integer >= 0")
     # Bytes fetched per partition and request: smaller mixes partitions within one poll, so a
     # batch spans more keys and the engine runs fewer, wider waves.
-    max_partition_fetch_bytes: int = _rule(262_144, lambda x: x >= 1024, "must be an integer >= 1024")
+    max_partition_fetch_bytes: int = _rule(
+        262_144, lambda x: x >= 1024, "must be an integer >= 1024"
+    )
     # kafka-python's rebalance timeout is max_poll_interval_ms: a group's first join waits for it.
     max_poll_interval_ms: int = _rule(300_000, lambda x: x >= 1000, "must be an integer >= 1000")
     session_timeout_ms: int = _rule(10_000, lambda x: x >= 1000, "must be an integer >= 1000")
@@ -303,7 +305,7 @@ def _build(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
     for name, f in fields.items():
         key = f"{prefix}{name}"
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, data.get(name), key + ".")
             continue
         if name not in data:

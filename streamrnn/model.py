@@ -241,6 +241,7 @@ class Forecaster(nn.Module):
     def _flat_weights(self) -> list[Tensor]:
         weights: list[Tensor] = []
         for cell in self.layers:
+            assert isinstance(cell, _GatedCell)
             weights += [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
         return weights
 
@@ -261,12 +262,12 @@ class Forecaster(nn.Module):
         weights = self._flat_weights()
         drop = self.config.dropout if self.num_layers > 1 else 0.0
         if self.slots == 2:
-            out, h_n, c_n = torch._VF.lstm(  # type: ignore[attr-defined]
+            out, h_n, c_n = torch._VF.lstm(
                 x, (hx[0], hx[1]), weights, True, self.num_layers, drop, self.training, False, True
             )  # out (B, T, H); h_n, c_n (L, B, H)
             final = torch.stack([h_n, c_n], dim=0)  # (S, L, B, H)
         else:
-            out, h_n = torch._VF.gru(  # type: ignore[attr-defined]
+            out, h_n = torch._VF.gru(
                 x, hx[0], weights, True, self.num_layers, drop, self.training, False, True
             )  # out (B, T, H); h_n (L, B, H)
             final = h_n.unsqueeze(0)  # (S, L, B, H)

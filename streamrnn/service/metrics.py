@@ -390,7 +390,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.server
         if path == "/metrics":
             try:
-                encoder, content_type = choose_encoder(self.headers.get("Accept"))
+                encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
                 body = encoder(srv.registry)
             except Exception:
                 log.exception("collecting metrics failed")
