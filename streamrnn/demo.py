@@ -27,7 +27,6 @@ import contextlib
 import itertools
 import logging
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from .produce import (
     InjectedAnomaly,
     ProduceStats,
     SyntheticStream,
+    install_stop_signals,
     make_producer,
     produce_events,
     synthetic_series,
@@ -321,24 +321,6 @@ def _quiet_logs(verbose: bool) -> Callable[[], None]:
     return restore
 
 
-def _install_stop_signals(stop: threading.Event) -> Callable[[], None]:
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        print(f"\n{signal.Signals(signum).name}: stopping the demo ...", flush=True)
-        stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-    return restore
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``streamrnn demo``."""
     parser.add_argument(
@@ -449,7 +431,9 @@ class _Demo:
         t0 = time.monotonic()
         state_dir = Path(tempfile.mkdtemp(prefix="streamrnn-demo-state-"))
         broker = EmbeddedBroker("127.0.0.1", 0)
-        restore_signals = _install_stop_signals(self.stop)
+        restore_signals = install_stop_signals(
+            self.stop, lambda name: print(f"\n{name}: stopping the demo ...", flush=True)
+        )
         producer: Any = None
         gen: threading.Thread | None = None
         det_thread: threading.Thread | None = None

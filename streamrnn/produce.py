@@ -696,13 +696,22 @@ def build_synthetic(args: argparse.Namespace) -> SyntheticStream:
     )
 
 
-def _install_stop_signals(stop: threading.Event) -> Callable[[], None]:
-    """SIGINT / SIGTERM set ``stop`` (main thread only); returns the restorer."""
+def install_stop_signals(
+    stop: threading.Event, announce: Callable[[str], None] | None = None
+) -> Callable[[], None]:
+    """SIGINT / SIGTERM set ``stop`` (main thread only; a second Ctrl+C interrupts as usual).
+
+    ``announce`` gets the signal's name (default: a log line). Returns the restorer.
+    """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def on_signal(signum: int, _frame: Any) -> None:
-        logger.info("received %s: flushing and stopping", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if announce is None:
+            logger.info("received %s: flushing and stopping", name)
+        else:
+            announce(name)
         stop.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -774,7 +783,7 @@ def run(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     stats = ProduceStats()
-    restore = _install_stop_signals(stop)
+    restore = install_stop_signals(stop)
     producer = None
     try:
         if args.partitions:
