@@ -181,13 +181,16 @@ class ServiceConfig:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = _rule(9108, lambda x: 0 <= x <= 65535, "must be a port in [0, 65535]")
     max_poll_records: int = _rule(5000, _pos, "must be an integer >= 1")
+    # Decode, model and scoring in a child process, overlapping the Kafka client's work (a second
+    # core on CPU; the process that owns the GPU); false keeps everything in one process.
+    engine_process: bool = True
     poll_timeout_ms: int = _rule(200, _pos, "must be an integer >= 1")
     # How long the broker may hold a fetch with no new data: bounds the latency at low rates.
     fetch_max_wait_ms: int = _rule(50, _nonneg, "must be an integer >= 0")
     # Bytes fetched per partition and request: smaller mixes partitions within one poll, so a
     # batch spans more keys and the engine runs fewer, wider waves.
     max_partition_fetch_bytes: int = _rule(
-        262_144, lambda x: x >= 1024, "must be an integer >= 1024"
+        65_536, lambda x: x >= 1024, "must be an integer >= 1024"
     )
     # kafka-python's rebalance timeout is max_poll_interval_ms: a group's first join waits for it.
     max_poll_interval_ms: int = _rule(300_000, lambda x: x >= 1000, "must be an integer >= 1000")

@@ -560,7 +560,7 @@ class _Demo:
             return None
         shipped = args.model is None
         self.say(
-            f"model: {detector.engine.model_version} "
+            f"model: {detector.model_version} "
             f"({'the demo model shipped in the package' if shipped else 'from --model'}, {model}) "
             f"on {detector.device}"
         )

@@ -283,11 +283,13 @@ def reference(
     """Scores, predictions (N,) and flags of an uninterrupted run: the engine over all events,
     configured exactly as the detector configures it."""
     from streamrnn.config import load_config
+    from streamrnn.engine import Engine
     from streamrnn.service.app import Detector
 
     d = Detector(load_config(raw_config))
+    engine = Engine(d.loaded.model, d.config, device=d.device, model_version=d.loaded.version)
     keys = [e.key for e in events]
     times = np.array([e.ts for e in events], dtype=np.float64)
     values = np.array([[e.value] for e in events], dtype=np.float32)
-    r = d.engine.process(keys, times, values)
+    r = engine.process(keys, times, values)
     return r.score, r.prediction[:, 0], r.flag

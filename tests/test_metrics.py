@@ -24,6 +24,7 @@ EXPECTED_TYPES = {
     "streamrnn_rejected": "counter",
     "streamrnn_anomalies": "counter",
     "streamrnn_batch_duration_seconds": "histogram",
+    "streamrnn_engine_seconds": "counter",
     "streamrnn_event_lag_seconds": "histogram",
     "streamrnn_consumer_lag": "gauge",
     "streamrnn_active_keys": "gauge",

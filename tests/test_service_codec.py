@@ -220,3 +220,51 @@ def test_local_store_unwritable(tmp_path: Path) -> None:
         local = LocalCheckpoints(ro, "g")
     with pytest.raises(OSError):
         local.check_writable()
+
+
+def test_whole_part_decoding_matches_record_by_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path (a whole partition's records of the common shape at once) gives what the
+    record-by-record path gives, and hands irregular parts to it."""
+    common = [
+        {"key": "a", "ts": T0, "value": 1.5},
+        {"key": "b", "ts": int(T0 * 1000) + 250, "value": None},  # epoch ms, missing value
+        {"key": "a", "ts": T0 + 60, "value": 7, "unit": "kW"},  # an int, an extra field
+        {"key": "c", "ts": int(T0) + 120, "value": -3.25e5},
+    ]
+    irregular = [*common, {"key": "d", "ts": "2023-11-14T22:13:20Z", "value": "2.5"}]
+    bad = [*common, {"key": "", "ts": T0, "value": 1.0}, {"key": "e", "ts": T0, "value": 1e39}]
+
+    def decode(events: list[Any], fast: bool) -> Any:
+        if not fast:
+            monkeypatch.setattr(Decoder, "_decode_fast", lambda self, part: None)
+        try:
+            return _decode(events)
+        finally:
+            monkeypatch.undo()
+
+    calls = []
+    real = Decoder._decode_fast
+
+    def spy(self: Decoder, part: Any) -> Any:
+        out = real(self, part)
+        calls.append(out is not None)
+        return out
+
+    for events, took_fast in ((common, True), (irregular, False), (bad, False)):
+        calls.clear()
+        monkeypatch.setattr(Decoder, "_decode_fast", spy)
+        got = _decode(events)
+        monkeypatch.undo()
+        assert calls == [took_fast]
+        want = decode(events, fast=False)
+        assert got.keys == want.keys
+        np.testing.assert_array_equal(got.times, want.times)
+        np.testing.assert_array_equal(got.values, want.values)
+        np.testing.assert_array_equal(got.index, want.index)
+        np.testing.assert_array_equal(got.offsets, want.offsets)
+        assert [(r.index, r.reason) for r in got.rejects] == [
+            (r.index, r.reason) for r in want.rejects
+        ]
+    assert [r.reason for r in _decode(bad).rejects] == ["missing_key", "non_finite_value"]
+    b = _decode(common)
+    assert b.times[1] == T0 + 0.25 and math.isnan(b.values[1, 0]) and b.values[2, 0] == 7.0

@@ -113,7 +113,7 @@ def test_end_to_end(
         assert spike_alert["score"] == pytest.approx(float(ref_score[spike]), abs=1e-6)
         assert (
             spike_alert["threshold"] == det.detector.config.scoring.threshold
-            and spike_alert["model"] == det.detector.engine.model_version
+            and spike_alert["model"] == det.detector.model_version
         )
         assert set(spike_alert) == {
             "key",
@@ -162,7 +162,7 @@ def test_end_to_end(
         assert v("streamrnn_evicted_keys_total") == 0
         assert v("streamrnn_checkpoints_total", {"outcome": "ok"}) >= 1
         assert v("streamrnn_checkpoints_total", {"outcome": "error"}) == 0
-        version = det.detector.engine.model_version
+        version = det.detector.model_version
         assert (
             v(
                 "streamrnn_model_info",
@@ -194,7 +194,7 @@ def test_end_to_end(
         # Model reload: a compatible model is swapped in, an incompatible one refused.
         _resave(model_copy, seed=99)
         wait_for(lambda: v("streamrnn_model_reloads_total", {"outcome": "ok"}) == 1, 15, "a reload")
-        new_version = det.detector.engine.model_version
+        new_version = det.detector.model_version
         assert new_version != version
         assert (
             v(
@@ -214,7 +214,7 @@ def test_end_to_end(
         wait_for(
             lambda: v("streamrnn_model_reloads_total", {"outcome": "refused"}) == 1, 15, "a refusal"
         )
-        assert det.detector.engine.model_version == new_version
+        assert det.detector.model_version == new_version
         assert v("streamrnn_active_keys") == 3, "state kept across reloads"
     finally:
         rc = det.stop()

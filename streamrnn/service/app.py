@@ -1,15 +1,22 @@
 """The Kafka detector daemon: consume, score, alert, commit, checkpoint.
 
-One poll, in order (see ``docs/design.md``):
+This module is the Kafka side; the engine side (decode, model, state, scoring) is
+:mod:`.worker`, by default in a child process so that it steps one poll while the Kafka client
+parses the next. One poll, in order (see ``docs/design.md``):
 
-1. ``poll(max_poll_records)``, decode (:mod:`.codec`); malformed records go to the dead-letter
-   topic with their original key and bytes and the reason in headers.
-2. ``Engine.process``: every key's events stepped in arrival order; with
-   ``input.late_events: drop`` the late ones go to the dead-letter topic (``late_event``).
+1. ``poll(max_poll_records)``; the records go to the engine side as columns.
+2. There they are decoded (:mod:`.codec`; malformed records come back as rejects, which go to
+   the dead-letter topic with their original key and bytes and the reason in headers) and
+   ``Engine.process`` steps every key's events in arrival order; with
+   ``input.late_events: drop`` the late ones come back as rejects (``late_event``).
 3. One alert per flagged event to ``service.alerts_topic`` (and every event to
    ``service.scores_topic`` when set), keyed by the event key, identified by ``source``.
 4. ``flush`` until the broker acknowledged every message (acks=all; failed sends are retried with
    exponential backoff), and only then commit the batch's offsets: nothing is lost.
+
+At most one poll is in flight beside the one being parsed; everything that reads or changes the
+state (rebalances, checkpoints, model reloads, shutdown) first collects and publishes it, so the
+state it sees is the committed offsets' state.
 5. Every ``checkpoint_interval_s``, on revocation and on shutdown, each assigned partition's keys
    are checkpointed with the offset after the last event their state includes
    (:mod:`.checkpoint`).
@@ -46,21 +53,22 @@ partition's state restored.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from prometheus_client import CollectorRegistry
 
 from ..config import Config, ConfigError, dump_config
-from ..engine import Engine
 from ..modeldir import INFO, LoadedModel, load_model, resolve_device
 from .checkpoint import (
     CheckpointError,
@@ -71,9 +79,10 @@ from .checkpoint import (
     offsets_key,
 )
 from .clients import Backoff, ensure_topics
-from .codec import Batch, Decoder, dlq_headers, event_messages, iso_times
+from .codec import Part, dlq_headers
 from .metrics import Metrics, MetricsServer, start_http
 from .validate import validate_service_config
+from .worker import EngineClient, EngineGone, Outcome, Stats, start_engine
 
 __all__ = ["Detector", "validate_service_config"]
 
@@ -81,6 +90,7 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 LAG_INTERVAL_S = 5.0  # consumer lag is refreshed at most this often
+INFLIGHT_POLL_MS = 5  # longest poll while an outcome is pending: bounds the wait to publish it
 MAX_CLIENT_FAILURES = 20  # unexpected errors from consumer.poll in a row before giving up
 # /healthz fails when the loop has not iterated for max(this, max_poll_interval_ms)
 HEALTH_MIN_S = 30.0
@@ -95,7 +105,16 @@ class _Partition:
     dirty: bool = False  # events since the last checkpoint
     unsafe: bool = False  # outputs of a batch were never acknowledged: never checkpoint again
     committed: int | None = None  # the last offset this instance committed
-    keys: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _InFlight:
+    """A poll handed to the engine side whose outcome is not published yet."""
+
+    parts: list[Part]  # by partition, in the order sent
+    headers: dict[int, list[Any]]  # the records' non-empty headers, by position in the poll
+    next_offsets: dict[TP, int]
+    seconds: float  # the Kafka side's time on it so far
 
 
 class Detector:
@@ -114,7 +133,9 @@ class Detector:
             self.device = resolve_device(config.state.device)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        loaded = self._load(svc.model or "")
+        # In a child process the engine side loads the model itself (on the device); this copy
+        # only validates, on the CPU.
+        loaded = self._load(svc.model or "", torch.device("cpu") if svc.engine_process else None)
         names = tuple(config.input.features) or loaded.feature_names
         if len(names) != len(loaded.feature_names):
             raise ConfigError(
@@ -136,10 +157,9 @@ class Detector:
             service=config.service,
         )
         self.svc = svc
-        self.engine = Engine(
-            loaded.model, self.config, device=self.device, model_version=loaded.version
-        )
-        self.decoder = Decoder(config.input, loaded.feature_names)
+        self.loaded = loaded
+        self.engine: EngineClient | None = None  # started by run()
+        self.n_features = len(names)
         self.feature_names = names
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, topics=svc.topics)
@@ -150,13 +170,14 @@ class Detector:
         self._reload_requested = threading.Event()
         self._parts: dict[TP, _Partition] = {}
         self._pending: set[TP] = set()
-        self._key_tp: dict[str, TP] = {}
+        self._inflight: deque[_InFlight] = deque()
+        self._abandoned = False  # a batch's outputs were never acknowledged: leave, no commit
         self._consumer: Any = None
         self._producer: Any = None
         self._http: MetricsServer | None = None
         self._last_tick = time.monotonic()
-        self._imputed_seen = self.engine.imputed_total
-        self._evicted_seen = self.engine.store.evicted_total
+        self._imputed_seen = 0
+        self._evicted_seen = 0
         self.late_total = 0  # late events scored (input.late_events: score)
         self._next_late_log = 0.0
         self._client_failures = 0
@@ -167,9 +188,9 @@ class Detector:
     # ------------------------------------------------------------------------------------------
     # Start-up
 
-    def _load(self, model_dir: str) -> LoadedModel:
+    def _load(self, model_dir: str, device: torch.device | None = None) -> LoadedModel:
         try:
-            return load_model(model_dir, self.device)
+            return load_model(model_dir, device or self.device)
         except ConfigError as e:
             raise ConfigError(f"service.model: {e}") from None
         except (ValueError, OSError) as e:
@@ -181,6 +202,11 @@ class Detector:
     def _set_model_metric(self, loaded: LoadedModel) -> None:
         m = loaded.config.model
         self.metrics.set_model(loaded.version, m.cell, m.hidden_size, str(self.device))
+
+    @property
+    def model_version(self) -> str:
+        """The version of the model serving now."""
+        return self.engine.stats.model_version if self.engine is not None else self.loaded.version
 
     @property
     def metrics_port(self) -> int | None:
@@ -302,8 +328,21 @@ class Detector:
                     f"service.metrics_port: must be free to listen on {self.svc.metrics_host} "
                     f"({e.strerror or e}), got {self.svc.metrics_port}"
                 ) from None
+            try:
+                self.engine = start_engine(self.config, self.loaded, self.device)
+            except EngineGone as e:
+                log.error("cannot start the engine: %s", e)
+                return 1
+            except Exception as e:  # EngineCallError: the child could not build its engine
+                log.error("cannot start the engine process: %s", e)
+                return 1
+            self._note_stats(self.engine.stats)
             if not self._connect():
                 return 0
+            # What exists now (modules, torch, the model copy, clients) lives as long as the
+            # process: out of the collector's sight, a full collection scans only what the loop
+            # made since (on this machine 100 ms -> ms a collection, several a second at full rate).
+            gc.freeze()
             try:
                 self._loop()
             except Exception:
@@ -315,16 +354,19 @@ class Detector:
         finally:
             restore_signals()
             self.metrics.set_ready(False)
+            if self.engine is not None:
+                self.engine.close()
             if self._http is not None:
                 self._http.shutdown()
 
     def _log_config(self) -> None:
         log.info(
-            "streamrnn detector starting: model %s (%s, %s) on %s; resolved config:\n%s",
-            self.engine.model_version,
+            "streamrnn detector starting: model %s (%s, %s) on %s%s; resolved config:\n%s",
+            self.model_version,
             self.svc.model,
             ", ".join(self.feature_names),
             self.device,
+            " in an engine process" if self.svc.engine_process else "",
             dump_config(self.config).rstrip(),
         )
 
@@ -396,8 +438,27 @@ class Detector:
                 ):
                     next_model_check = now + self.svc.model_poll_interval_s
                     self._maybe_reload(forced=self._reload_requested.is_set())
-                records = self._poll()
-                if records and not self._process(records):
+                # With a poll in flight, wait for records only until its outcome may be ready.
+                engine = self.engine
+                assert engine is not None
+                if not self._inflight:
+                    timeout_ms = self.svc.poll_timeout_ms
+                else:
+                    timeout_ms = (
+                        0 if engine.ready() else min(INFLIGHT_POLL_MS, self.svc.poll_timeout_ms)
+                    )
+                records = self._poll(timeout_ms)
+                if records:
+                    self._submit(records)
+                # One poll stays with the engine side while the client parses the next; an
+                # outcome is published once a newer poll was handed over, or once it is ready
+                # and nothing new came.
+                while self._inflight and (
+                    len(self._inflight) > self._depth or (not records and engine.ready())
+                ):
+                    if not self._finish():
+                        break
+                if self._abandoned:
                     return  # outputs never acknowledged while stopping: leave without committing
                 now = time.monotonic()
                 if now >= next_checkpoint:
@@ -413,14 +474,14 @@ class Detector:
                 log.warning("Kafka error: %r; retrying in %.1f s", e, delay)
                 self._stop.wait(delay)
 
-    def _poll(self) -> dict[Any, list[Any]]:
+    def _poll(self, timeout_ms: int) -> dict[Any, list[Any]]:
         """``consumer.poll``; an unexpected error inside the client (no state was touched yet) is
         logged and retried like a broker error, up to ``MAX_CLIENT_FAILURES`` times in a row."""
         from kafka.errors import KafkaError
 
         try:
             records = self._consumer.poll(
-                timeout_ms=self.svc.poll_timeout_ms, max_records=self.svc.max_poll_records
+                timeout_ms=timeout_ms, max_records=self.svc.max_poll_records
             )
         except KafkaError:
             raise
@@ -435,123 +496,120 @@ class Detector:
         self._client_failures = 0
         return records
 
-    def _process(self, records: dict[Any, list[Any]]) -> bool:
-        """One polled batch end to end; False when its outputs were never acknowledged."""
+    @property
+    def _depth(self) -> int:
+        """Polls left in flight after a new one was handed over."""
+        return 1 if self.svc.engine_process else 0
+
+    def _submit(self, records: dict[Any, list[Any]]) -> None:
+        """Hand one poll to the engine side (as columns, one part per partition)."""
+        assert self.engine is not None
         t0 = time.perf_counter()
-        flat = [r for recs in records.values() for r in recs]
-        batch = self.decoder.decode(flat)
+        lists = [recs for recs in records.values() if recs]
+        parts = [Part.of(recs[0].topic, recs[0].partition, recs) for recs in lists]
+        next_offsets = {(p.topic, p.partition): p.offsets[-1] + 1 for p in parts}
+        # Only columns are kept, not the records: fewer objects live on to the older GC
+        # generations while a poll is in flight.
+        flat = (r.headers for recs in lists for r in recs)
+        headers = {i: h for i, h in enumerate(flat) if h}
+        self.engine.submit(parts)
+        self._inflight.append(_InFlight(parts, headers, next_offsets, time.perf_counter() - t0))
+
+    def _drain(self) -> bool:
+        """Publish and commit every poll in flight (before the state is read or changed)."""
+        while self._inflight:
+            if not self._finish():
+                return False
+        return not self._abandoned
+
+    def _finish(self) -> bool:
+        """Publish the oldest poll in flight and commit it; False when its outputs were never
+        acknowledged (stopping): then nothing in flight is committed or checkpointed again."""
+        assert self.engine is not None
+        t0 = time.perf_counter()
+        job = self._inflight.popleft()
+        out = self.engine.result()
+        self._note_stats(out.stats)
         messages: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]] = []
         reasons: Counter[str] = Counter()
-        for rej in batch.rejects:
-            messages.append(self._dead_letter(rej.record, rej.reason, rej.detail))
-            reasons[rej.reason] += 1
-        n_alerts, kept_scores, kept_times = 0, np.zeros(0), np.zeros(0)
-        anomalies: Counter[str] = Counter()
-        if len(batch):
-            res = self.engine.process(batch.keys, batch.times, batch.values)
-            self._track_keys(batch)
-            kept = ~res.dropped  # (N,)
-            for i in np.flatnonzero(res.dropped).tolist():
-                detail = f"older than the key's previous event (ts {iso_times(batch.times[i : i + 1])[0]})"
-                messages.append(self._dead_letter(batch.records[i], "late_event", detail))
-                reasons["late_event"] += 1
-            late_scored = int((res.late & kept).sum())
-            if late_scored:
-                self.late_total += late_scored
-                if time.monotonic() >= self._next_late_log:  # at most one line a minute
-                    self._next_late_log = time.monotonic() + 60.0
-                    log.info(
-                        "late events scored (input.late_events: score): %d so far",
-                        self.late_total,
+        if out.rejects:
+            starts = np.cumsum([0] + [len(p) for p in job.parts])  # (parts + 1,)
+            for i, reason, detail in out.rejects:
+                k = int(np.searchsorted(starts, i, side="right")) - 1
+                src, pos = job.parts[k], i - int(starts[k])
+                messages.append(
+                    (
+                        self.svc.dlq_topic,
+                        src.keys[pos],
+                        src.values[pos],
+                        list(job.headers.get(i) or [])
+                        + dlq_headers(reason, detail, src.topic, src.partition, src.offsets[pos]),
                     )
-
-            def encode_events(index: np.ndarray, flag: np.ndarray | None) -> list[Any]:
-                return event_messages(
-                    batch,
-                    index,
-                    prediction=res.prediction,
-                    score=res.score,
-                    flag=flag,
-                    threshold=self.config.scoring.threshold,
-                    model_version=self.engine.model_version,
-                    feature_names=self.feature_names,
                 )
-
-            flagged = np.flatnonzero(res.flag & kept)
-            alerts = encode_events(flagged, None)
-            messages.extend((self.svc.alerts_topic, k, v, None) for k, v in alerts)
-            n_alerts = len(alerts)
-            if self.svc.scores_topic:
-                scores = encode_events(np.flatnonzero(kept), res.flag)
-                messages.extend((self.svc.scores_topic, k, v, None) for k, v in scores)
-            anomalies = Counter(batch.topics[i] for i in flagged.tolist())
-            kept_scores, kept_times = res.score[kept], batch.times[kept]
+                reasons[reason] += 1
+        messages.extend((self.svc.alerts_topic, k, v, None) for k, v in out.alerts)
+        if self.svc.scores_topic:
+            messages.extend((self.svc.scores_topic, k, v, None) for k, v in out.scores)
+        self._log_batch_notes(out)
 
         if not self._publish(messages):
-            for tp in batch.next_offsets:
-                if tp in self._parts:
-                    self._parts[tp].unsafe = True
+            self._abandoned = True
+            for j in (job, *self._inflight):
+                for tp in j.next_offsets:
+                    if tp in self._parts:
+                        self._parts[tp].unsafe = True
+            self._inflight.clear()
             return False
 
         now = time.time()
         m = self.metrics
-        m.processed(len(kept_scores))
+        m.processed(out.processed)
         for reason, n in reasons.items():
             m.reject(reason, n)
-        for topic, n in anomalies.items():
+        for topic, n in out.anomalies.items():
             m.anomaly(topic, n)
-        if n_alerts:
-            m.alerts_published.inc(n_alerts)
-        m.observe_scores(kept_scores)
-        m.observe_event_lags(now - kept_times)
-        imputed, evicted = self.engine.imputed_total, self.engine.store.evicted_total
-        if imputed > self._imputed_seen:
-            m.imputed_values.inc(imputed - self._imputed_seen)
-        if evicted > self._evicted_seen:
-            m.evicted_keys.inc(evicted - self._evicted_seen)
-        self._imputed_seen, self._evicted_seen = imputed, evicted
-        m.set_state(len(self.engine.store), self.engine.store.nbytes)
+        if out.alerts:
+            m.alerts_published.inc(len(out.alerts))
+        m.observe_scores(out.score)
+        m.observe_event_lags(now - out.times)
+        m.engine_seconds.inc(out.seconds)
 
-        for tp, off in batch.next_offsets.items():
+        for tp, off in job.next_offsets.items():
             part = self._parts.get(tp)
             if part is not None:
                 part.offset, part.dirty = off, True
-        self._commit(batch.next_offsets)
-        m.batch_done(time.perf_counter() - t0)
+        self._commit(job.next_offsets, wait=False)
+        m.batch_done(job.seconds + time.perf_counter() - t0)
         return True
 
-    def _dead_letter(
-        self, rec: Any, reason: str, detail: str
-    ) -> tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]:
-        headers = list(rec.headers or []) + dlq_headers(
-            reason, detail, rec.topic, rec.partition, rec.offset
-        )
-        return (self.svc.dlq_topic, rec.key, rec.value, headers)
+    def _note_stats(self, stats: Stats) -> None:
+        """The engine side's counters into the metrics."""
+        m = self.metrics
+        if stats.imputed_total > self._imputed_seen:
+            m.imputed_values.inc(stats.imputed_total - self._imputed_seen)
+        if stats.evicted_total > self._evicted_seen:
+            m.evicted_keys.inc(stats.evicted_total - self._evicted_seen)
+        self._imputed_seen = max(self._imputed_seen, stats.imputed_total)
+        self._evicted_seen = max(self._evicted_seen, stats.evicted_total)
+        m.set_state(stats.resident, stats.nbytes)
 
-    def _track_keys(self, batch: Batch) -> None:
-        """Remember each key's (latest) partition: checkpoints are per partition."""
-        last = dict(
-            zip(batch.keys, zip(batch.topics, batch.partitions.tolist(), strict=True), strict=True)
-        )
-        for key, tp in last.items():
-            old = self._key_tp.get(key)
-            if old == tp:
-                continue
-            if old is not None:
-                self.moved_keys_total += 1
-                log.warning(
-                    "key %r moved from %s-%d to %s-%d; its state follows it "
-                    "(per-key order holds only within one partition)",
-                    key,
-                    *old,
-                    *tp,
+    def _log_batch_notes(self, out: Outcome) -> None:
+        if out.late_scored:
+            self.late_total += out.late_scored
+            if time.monotonic() >= self._next_late_log:  # at most one line a minute
+                self._next_late_log = time.monotonic() + 60.0
+                log.info(
+                    "late events scored (input.late_events: score): %d so far", self.late_total
                 )
-                if old in self._parts:
-                    self._parts[old].keys.discard(key)
-            self._key_tp[key] = tp
-            part = self._parts.get(tp)
-            if part is not None:
-                part.keys.add(key)
+        for key, old, new in out.moved:
+            self.moved_keys_total += 1
+            log.warning(
+                "key %r moved from %s-%d to %s-%d; its state follows it "
+                "(per-key order holds only within one partition)",
+                key,
+                *old,
+                *new,
+            )
 
     def _publish(self, messages: list[tuple[str, bytes | None, bytes | None, Any]]) -> bool:
         """Send and wait for every acknowledgement; failed sends are retried with backoff.
@@ -617,7 +675,12 @@ class Detector:
             return max(30.0, self.svc.retry_backoff_max_s)
         return max(0.1, deadline - time.monotonic())
 
-    def _commit(self, offsets: dict[TP, int], timeout_s: float = 30.0) -> None:
+    def _commit(
+        self, offsets: dict[TP, int], timeout_s: float = 30.0, *, wait: bool = True
+    ) -> None:
+        """Commit ``offsets`` of assigned partitions. With ``wait=False`` (after each batch) the
+        commit is not awaited: a failed one is logged and the next commit covers it; revocation
+        and shutdown commit with ``wait``."""
         from kafka import TopicPartition
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
@@ -629,16 +692,30 @@ class Detector:
         }
         if not todo:
             return
+        request = {TopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in todo.items()}
         try:
-            self._consumer.commit(
-                {TopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in todo.items()},
-                timeout_ms=int(timeout_s * 1000),
-            )
-            for tp, o in todo.items():
-                self._parts[tp].committed = o
+            if wait:
+                self._consumer.commit(request, timeout_ms=int(timeout_s * 1000))
+                self._committed(todo)
+            else:
+                self._consumer.commit_async(
+                    request, callback=lambda _offsets, response: self._commit_done(todo, response)
+                )
         except KafkaError as e:  # the next commit covers these offsets; state is checkpointed apart
+            self._commit_done(todo, e)
+
+    def _commit_done(self, todo: dict[TP, int], response: Any) -> None:
+        if isinstance(response, BaseException):
             self.metrics.broker_errors.inc()
-            log.warning("offset commit failed (%r); the next batch's commit covers it", e)
+            log.warning("offset commit failed (%r); the next batch's commit covers it", response)
+        else:
+            self._committed(todo)
+
+    def _committed(self, todo: dict[TP, int]) -> None:
+        for tp, o in todo.items():
+            part = self._parts.get(tp)
+            if part is not None and (part.committed is None or part.committed < o):
+                part.committed = o
 
     def _update_lag(self) -> None:
         """Lag from the fetch responses' high watermarks (free; no ListOffsets round trip)."""
@@ -662,10 +739,17 @@ class Detector:
         if not tps:
             return
         log.info("partitions revoked: %s", _fmt_tps(tps))
-        if not self._crashed:
-            self._checkpoint([tp for tp in tps if tp in self._parts])
-        for tp in tps:
-            self._forget(tp)
+        if not self._crashed and self._drain():
+            mine = [tp for tp in tps if tp in self._parts]
+            self._commit(
+                {
+                    tp: p.offset
+                    for tp in mine
+                    if (p := self._parts[tp]).offset is not None and p.restored and not p.unsafe
+                },
+            )
+            self._checkpoint(mine)
+        self._forget(tps)
         self.metrics.set_assignment(list(self._parts))
         self._update_ready()
 
@@ -674,8 +758,9 @@ class Detector:
         log.warning(
             "partitions lost (membership expired): %s; dropping their state unsaved", _fmt_tps(tps)
         )
-        for tp in tps:
-            self._forget(tp)
+        if not self._crashed:
+            self._drain()  # published, and committed where the broker still takes it
+        self._forget(tps)
         self.metrics.set_assignment(list(self._parts))
         self._update_ready()
 
@@ -691,21 +776,20 @@ class Detector:
         self.metrics.set_assignment(list(self._parts))
         self._update_ready()
 
-    def _forget(self, tp: TP) -> None:
-        part = self._parts.pop(tp, None)
-        self._pending.discard(tp)
-        if part is None:
-            return
-        gone = [k for k in part.keys if self._key_tp.get(k) == tp]
-        for k in gone:
-            del self._key_tp[k]
-        self.engine.store.drop(gone)
-        self.metrics.set_state(len(self.engine.store), self.engine.store.nbytes)
+    def _forget(self, tps: list[TP]) -> None:
+        """Drop what is known of ``tps``, and their keys' state."""
+        gone = [tp for tp in tps if self._parts.pop(tp, None) is not None]
+        self._pending.difference_update(tps)
+        if gone and not self._crashed and self.engine is not None and not self.engine.in_flight:
+            self._note_stats(self.engine.call("forget", gone))
 
     def _restore_pending(self) -> None:
         """Restore newly assigned partitions from their checkpoints and seek; then resume them."""
         from kafka import TopicPartition
 
+        if not self._drain():
+            return
+        assert self.engine is not None
         tps = sorted(self._pending)
         found = self.store.load_many(tps)
         fresh: list[TP] = []
@@ -716,9 +800,11 @@ class Detector:
             offset = None
             if ck is not None:
                 try:
-                    extra = self.engine.restore(ck.data)
+                    extra = self.engine.call("restore", tp, ck.data)
                     offset = int(extra["offsets"][offsets_key(*tp)])
-                    keys = [str(k) for k in extra.get("keys", [])]
+                    n_keys = len(extra.get("keys", []))
+                except EngineGone:
+                    raise
                 except Exception as e:  # corrupt or incompatible snapshot: fall back to fresh state
                     log.error(
                         "checkpoint of %s-%d (%s) cannot be restored: %s; starting it with "
@@ -729,20 +815,17 @@ class Detector:
                     )
                     offset = None
                 else:
-                    for k in keys:
-                        self._key_tp[k] = tp
-                    part.keys = set(keys)
                     self._consumer.seek(ktp, offset)
                     version = extra.get("model_version")
                     log.info(
                         "restored %d key(s) of %s-%d from the %s checkpoint at offset %d "
                         "(written %.0f s ago%s)",
-                        len(keys),
+                        n_keys,
                         *tp,
                         ck.origin,
                         offset,
                         time.time() - ck.written_at,
-                        "" if version == self.engine.model_version else f" by model {version}",
+                        "" if version == self.model_version else f" by model {version}",
                     )
             if offset is None:
                 # The committed offset, else auto_offset_reset.
@@ -756,47 +839,40 @@ class Detector:
             self._checkpoint(fresh, force=True)
         self._pending.difference_update(tps)
         self._consumer.resume(*[TopicPartition(*tp) for tp in tps])
-        self.metrics.set_state(len(self.engine.store), self.engine.store.nbytes)
+        self._note_stats(self.engine.call("stats"))
         self._update_ready()
 
     def _checkpoint(self, tps: list[TP], *, force: bool = False) -> bool:
         """Checkpoint the partitions whose state changed (all given ones with ``force``)."""
-        items = []
-        written = []
-        store = self.engine.store
+        if not self._drain():
+            return False
+        assert self.engine is not None
+        todo: list[tuple[TP, _Partition]] = []
         for tp in tps:
             part = self._parts.get(tp)
             if part is None or not part.restored or part.unsafe or part.offset is None:
                 continue
-            if not (part.dirty or force):
-                continue
-            keys = [k for k in part.keys if k in store]
-            if len(keys) != len(part.keys):  # evicted keys: forget them here too
-                for k in part.keys.difference(keys):
-                    if self._key_tp.get(k) == tp:
-                        del self._key_tp[k]
-                part.keys = set(keys)
-            data = self.engine.snapshot(
-                keys,
-                extra={
-                    "offsets": {offsets_key(*tp): part.offset},
-                    "keys": keys,
-                    "group": self.svc.group,
-                    "topic": tp[0],
-                    "partition": tp[1],
-                },
+            if part.dirty or force:
+                todo.append((tp, part))
+        items = []
+        written = []
+        if todo:
+            extra = {"group": self.svc.group}
+            snaps = self.engine.call(
+                "snapshot",
+                [
+                    (tp, part.offset, {**extra, "topic": tp[0], "partition": tp[1]})
+                    for tp, part in todo
+                ],
             )
-            framed = encode(
-                self.svc.group,
-                tp[0],
-                tp[1],
-                part.offset,
-                data,
-                keys=len(keys),
-                model=self.engine.model_version,
-            )
-            items.append((tp[0], tp[1], framed))
-            written.append(part)
+            version = self.model_version
+            for (tp, part), (data, n_keys) in zip(todo, snaps, strict=True):
+                assert part.offset is not None
+                framed = encode(
+                    self.svc.group, tp[0], tp[1], part.offset, data, keys=n_keys, model=version
+                )
+                items.append((tp[0], tp[1], framed))
+                written.append(part)
         ok = True
         if items:
             try:
@@ -827,50 +903,31 @@ class Detector:
         if not forced and (sig is None or sig == self._model_sig):
             return
         self._model_sig = sig
+        if not self._drain():
+            return
+        assert self.engine is not None
         model_dir = self.svc.model or ""
-        try:
-            loaded = load_model(model_dir, self.device)
-        except Exception as e:  # a broken or half-written directory: keep serving the old model
-            self.metrics.model_reload("error")
-            log.error(
-                "model reload from %s failed: %s; still serving %s",
-                model_dir,
-                e,
-                self.engine.model_version,
-            )
+        old = self.model_version
+        r = self.engine.call("reload", model_dir)
+        self.metrics.model_reload(r.outcome)
+        if r.outcome == "error":  # a broken or half-written directory: keep serving the old model
+            log.error("model reload from %s failed: %s; still serving %s", model_dir, r.detail, old)
             return
-        if len(loaded.feature_names) != self.decoder.n_features:
-            self.metrics.model_reload("refused")
-            log.error(
-                "model reload refused: %s predicts %d feature(s) (%s), the running model %d; "
-                "still serving %s",
-                loaded.version,
-                len(loaded.feature_names),
-                ", ".join(loaded.feature_names),
-                self.decoder.n_features,
-                self.engine.model_version,
-            )
+        if r.outcome != "ok":
+            log.error("model reload refused: %s; still serving %s", r.detail, old)
             return
-        old = self.engine.model_version
-        try:
-            self.engine.swap_model(loaded.model, loaded.version)
-        except ValueError as e:
-            self.metrics.model_reload("refused")
-            log.error("model reload refused: %s; still serving %s", e, old)
-            return
-        if loaded.config.features != self.config.features:
+        if r.features_changed:
             log.warning(
                 "model %s was trained with other features settings; the running "
                 "normaliser settings stay until restart",
-                loaded.version,
+                r.version,
             )
-        self.metrics.model_reload("ok")
-        self._set_model_metric(loaded)
+        self.metrics.set_model(r.version, r.cell, r.hidden_size, str(self.device))
         log.info(
             "model reloaded: %s -> %s (state of %d key(s) kept)",
             old,
-            loaded.version,
-            len(self.engine.store),
+            r.version,
+            self.engine.stats.resident,
         )
 
     # ------------------------------------------------------------------------------------------
@@ -882,6 +939,7 @@ class Detector:
         log.info(
             "shutting down: flushing, committing, checkpointing %d partition(s)", len(self._parts)
         )
+        self._drain()
         unsafe = sorted(tp for tp, p in self._parts.items() if p.unsafe)
         try:
             self._producer.flush(timeout=max(0.1, deadline - time.monotonic()))

@@ -69,6 +69,7 @@ from ..data import parse_timestamp
 __all__ = [
     "Batch",
     "Decoder",
+    "Part",
     "Reject",
     "dlq_headers",
     "event_messages",
@@ -79,15 +80,48 @@ _MS_THRESHOLD = 1e11  # epoch numbers above this are milliseconds
 _MAX_SECONDS = 1e11  # |time| beyond this (year 5138) is rejected: it cannot be formatted back
 _F32_MAX = float(np.finfo(np.float32).max)
 _DETAIL_MAX = 300  # characters of a reject detail
+_NUMBER_OR_NONE = {int, float, type(None)}
 
 
 @dataclass
 class Reject:
-    """A record that will not reach the model: why, in a metric label and in words."""
+    """A record that will not reach the model: where it is, and why in a metric label and in words."""
 
-    record: Any  # kafka ConsumerRecord (or anything with topic, partition, offset, key, value)
+    index: int  # position in the decoded poll
     reason: str
     detail: str
+    record: Any = None  # the record itself, when :meth:`Decoder.decode` was given records
+
+
+@dataclass
+class Part:
+    """One partition's records of a poll, as columns: what crosses to the engine process.
+
+    ``offsets``, ``timestamps`` (ms, or None/negative when absent), ``keys`` and ``values`` (raw
+    bytes, or None) are sequences of the same length, in offset order.
+    """
+
+    topic: str
+    partition: int
+    offsets: Sequence[int]
+    timestamps: Sequence[int | None]
+    keys: Sequence[bytes | None]
+    values: Sequence[bytes | None]
+
+    @classmethod
+    def of(cls, topic: str, partition: int, records: Sequence[Any]) -> Part:
+        """The columns of records of one partition (kafka-python ``ConsumerRecord``s or alike)."""
+        return cls(
+            topic,
+            partition,
+            [r.offset for r in records],
+            [r.timestamp for r in records],
+            [r.key for r in records],
+            [r.value for r in records],
+        )
+
+    def __len__(self) -> int:
+        return len(self.offsets)
 
 
 @dataclass
@@ -95,15 +129,16 @@ class Batch:
     """A poll's accepted events as engine arrays, their sources, and the rejects.
 
     ``keys`` (N,), ``times`` (N,) float64 epoch seconds, ``values`` (N, F) float32 with NaN where
-    missing; ``records`` (N,) the accepted records in arrival order; ``topics`` (N,),
-    ``partitions`` (N,) int32 and ``offsets`` (N,) int64 their sources. ``next_offsets`` maps each
-    ``(topic, partition)`` of the poll (accepted or rejected) to the offset after its last record.
+    missing; ``index`` (N,) int64 their positions in the poll (all parts' records in order);
+    ``topics`` (N,), ``partitions`` (N,) int32 and ``offsets`` (N,) int64 their sources.
+    ``next_offsets`` maps each ``(topic, partition)`` of the poll (accepted or rejected) to the
+    offset after its last record.
     """
 
     keys: list[str]
     times: np.ndarray
     values: np.ndarray
-    records: list[Any]
+    index: np.ndarray
     topics: list[str]
     partitions: np.ndarray
     offsets: np.ndarray
@@ -157,10 +192,9 @@ def _number(x: Any, name: str) -> float:
     return v
 
 
-def _time(x: Any, record: Any, name: str) -> float:
-    """Epoch seconds from the event's time field, else from the record's timestamp."""
+def _time(x: Any, ts: int | None, name: str) -> float:
+    """Epoch seconds from the event's time field, else from the record's timestamp ``ts`` (ms)."""
     if x is None:
-        ts = getattr(record, "timestamp", None)
         if ts is None or ts < 0:
             raise _Bad("bad_timestamp", f"{name}: absent and the record has no timestamp")
         return float(ts) / 1000.0
@@ -202,45 +236,64 @@ class Decoder:
         self._index = {n: i for i, n in enumerate(names)}
 
     def decode(self, records: Iterable[Any]) -> Batch:
-        """Decode one poll's records (each with topic, partition, offset, key, value, timestamp).
+        """Decode records (each with topic, partition, offset, key, value, timestamp) in order.
 
-        Records keep their order; rejects are returned, never raised.
-        """
+        Rejects are returned, never raised; each carries its record."""
         recs = list(records)
-        n, f = len(recs), self.n_features
+        parts: list[Part] = []
+        start = 0
+        for i in range(1, len(recs) + 1):
+            if i == len(recs) or (recs[i].topic, recs[i].partition) != (
+                recs[start].topic,
+                recs[start].partition,
+            ):
+                parts.append(Part.of(recs[start].topic, recs[start].partition, recs[start:i]))
+                start = i
+        batch = self.decode_parts(parts)
+        for rej in batch.rejects:
+            rej.record = recs[rej.index]
+        return batch
+
+    def decode_parts(self, parts: Sequence[Part]) -> Batch:
+        """Decode one poll given as columns, part after part; positions count across parts."""
+        n, f = sum(len(p) for p in parts), self.n_features
         times = np.empty(n, dtype=np.float64)  # (n,)
         values = np.empty((n, f), dtype=np.float32)  # (n, F)
+        index = np.empty(n, dtype=np.int64)  # (n,)
         partitions = np.empty(n, dtype=np.int32)  # (n,)
         offsets = np.empty(n, dtype=np.int64)  # (n,)
         keys: list[str] = []
-        accepted: list[Any] = []
         topics: list[str] = []
         rejects: list[Reject] = []
         next_offsets: dict[tuple[str, int], int] = {}
-        row = np.empty(f, dtype=np.float64)  # (F,) scratch
-        j = 0
-        for rec in recs:
-            tp = (rec.topic, rec.partition)
-            if rec.offset + 1 > next_offsets.get(tp, -1):
-                next_offsets[tp] = rec.offset + 1
-            try:
-                key, t = self._decode_one(rec, row)
-            except _Bad as bad:
-                rejects.append(Reject(rec, bad.reason, bad.detail))
-                continue
-            keys.append(key)
-            accepted.append(rec)
-            topics.append(rec.topic)
-            times[j] = t
-            values[j] = row
-            partitions[j] = rec.partition
-            offsets[j] = rec.offset
-            j += 1
+        i = j = 0
+        for part in parts:
+            if len(part):
+                tp = (part.topic, part.partition)
+                next_offsets[tp] = max(next_offsets.get(tp, -1), max(part.offsets) + 1)
+            j0 = j
+            fast = self._decode_fast(part)
+            if fast is not None:
+                k, t, v = fast
+                m = len(k)
+                keys.extend(k)
+                times[j : j + m] = t
+                values[j : j + m] = v
+                index[j : j + m] = np.arange(i, i + m)
+                i += m
+                j += m
+            else:
+                i, j = self._decode_slow(part, i, j, keys, times, values, index, rejects)
+            if j > j0:
+                pos = index[j0:j] - (i - len(part))  # positions within the part
+                offsets[j0:j] = np.asarray(part.offsets, dtype=np.int64)[pos]
+                partitions[j0:j] = part.partition
+                topics.extend([part.topic] * (j - j0))
         return Batch(
             keys=keys,
             times=times[:j],
             values=values[:j],
-            records=accepted,
+            index=index[:j],
             topics=topics,
             partitions=partitions[:j],
             offsets=offsets[:j],
@@ -248,10 +301,80 @@ class Decoder:
             next_offsets=next_offsets,
         )
 
-    def _decode_one(self, rec: Any, row: np.ndarray) -> tuple[str, float]:
-        """Key and time of one record; its values are written into ``row`` (F,)."""
+    def _decode_fast(self, part: Part) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+        """The whole part at once when every record is the common shape: a JSON object with a
+        non-empty string key, a numeric time, one numeric (or null) value and no ``values``.
+        Returns None (the record-by-record path decides) at the first record that is not."""
         cfg = self.config
-        raw = rec.value
+        if self.n_features != 1 or not len(part):
+            return None
+        loads = orjson.loads
+        try:
+            objs = [loads(v) for v in part.values]  # type: ignore[arg-type]  # None: TypeError
+        except (orjson.JSONDecodeError, TypeError):
+            return None
+        if set(map(type, objs)) != {dict}:
+            return None
+        try:
+            keys = [o[cfg.key_field] for o in objs]
+            ts = [o[cfg.time_field] for o in objs]
+            vals = [o[cfg.value_field] for o in objs]
+        except KeyError:
+            return None
+        vsf = cfg.values_field
+        if any(vsf in o for o in objs):
+            return None
+        if set(map(type, keys)) != {str} or "" in keys:
+            return None
+        if not set(map(type, ts)) <= {int, float} or not set(map(type, vals)) <= _NUMBER_OR_NONE:
+            return None
+        t = np.array(ts, dtype=np.float64)  # (m,)
+        if not np.isfinite(t).all():
+            return None
+        t = np.where(np.abs(t) > _MS_THRESHOLD, t / 1000.0, t)
+        if not (np.abs(t) <= _MAX_SECONDS).all():
+            return None
+        v = np.array(vals, dtype=np.float64)  # (m,) null -> NaN
+        with np.errstate(invalid="ignore"):
+            if (np.abs(v) > _F32_MAX).any():
+                return None
+        return keys, t, v.astype(np.float32)[:, None]
+
+    def _decode_slow(
+        self,
+        part: Part,
+        i: int,
+        j: int,
+        keys: list[str],
+        times: np.ndarray,
+        values: np.ndarray,
+        index: np.ndarray,
+        rejects: list[Reject],
+    ) -> tuple[int, int]:
+        """Record by record, with a reason for each reject; returns the advanced ``i`` and ``j``."""
+        row = np.empty(self.n_features, dtype=np.float64)  # (F,) scratch
+        decode_one = self._decode_one
+        for raw, mkey, ts in zip(part.values, part.keys, part.timestamps, strict=True):
+            try:
+                t = decode_one(raw, mkey, ts, row)
+            except _Bad as bad:
+                rejects.append(Reject(i, bad.reason, bad.detail))
+                i += 1
+                continue
+            keys.append(t[0])
+            times[j] = t[1]
+            values[j] = row
+            index[j] = i
+            i += 1
+            j += 1
+        return i, j
+
+    def _decode_one(
+        self, raw: bytes | None, mkey: bytes | None, ts: int | None, row: np.ndarray
+    ) -> tuple[str, float]:
+        """Key and time of one record (value ``raw``, message key ``mkey``, timestamp ``ts`` ms);
+        its values are written into ``row`` (F,)."""
+        cfg = self.config
         if not raw:
             raise _Bad("not_json", "empty message (tombstone)")
         try:
@@ -296,10 +419,10 @@ class Decoder:
 
         key = obj.get(cfg.key_field)
         if key is None:
-            if rec.key is None:
+            if mkey is None:
                 raise _Bad("missing_key", f"no {cfg.key_field!r} field and no message key")
             try:
-                key = rec.key.decode("utf-8") if isinstance(rec.key, bytes) else str(rec.key)
+                key = mkey.decode("utf-8") if isinstance(mkey, bytes) else str(mkey)
             except UnicodeDecodeError:
                 raise _Bad("missing_key", "the message key is not UTF-8") from None
         elif isinstance(key, int) and not isinstance(key, bool):
@@ -321,7 +444,7 @@ class Decoder:
             for i, name in enumerate(self.feature_names):
                 row[i] = _number(got.get(name), f"{cfg.values_field}.{name}")
 
-        t = _time(obj.get(cfg.time_field), rec, cfg.time_field)
+        t = _time(obj.get(cfg.time_field), ts, cfg.time_field)
         return key, t
 
 

@@ -139,8 +139,15 @@ class Metrics:
         # --- latency ------------------------------------------------------------------------
         self.batch_duration = Histogram(
             "streamrnn_batch_duration_seconds",
-            "Wall-clock seconds to decode, score and publish one polled batch.",
+            "Wall-clock seconds of the Kafka side's work on one polled batch: hand it over, wait "
+            "for its outcome, publish, commit.",
             buckets=BATCH_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.engine_seconds = Counter(
+            "streamrnn_engine_seconds",
+            "Seconds the engine side spent decoding, stepping and scoring; its rate is the engine's "
+            "busy share (1 = saturated).",
             registry=r,
         )
         self.event_lag = Histogram(
