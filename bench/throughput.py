@@ -138,6 +138,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="device of the detector and the engine benchmark: auto, cpu, cuda, cuda:N (default auto)",
     )
     p.add_argument(
+        "--engine",
+        choices=("process", "inline"),
+        default="process",
+        help="the detector's engine side: in a child process (service.engine_process: true, the "
+        "default) or inline in the Kafka side's thread",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -375,6 +382,7 @@ def detector_config(
     state_dir: Path,
     device: str,
     max_poll_records: int,
+    engine_process: bool = True,
 ) -> Any:
     from streamrnn.config import load_config
 
@@ -392,6 +400,7 @@ def detector_config(
             "metrics_port": 0,
             "model_poll_interval_s": 0.0,
             "max_poll_records": max_poll_records,
+            "engine_process": engine_process,
             **FAST_GROUP,
         },
     }
@@ -539,10 +548,13 @@ def detector_run(
     work: Path,
     device: str,
     max_poll_records: int,
+    engine_process: bool = True,
 ) -> tuple[dict[str, Any], RunningDetector]:
     group = f"bench-{uuid.uuid4().hex[:8]}"
     state_dir = work / group
-    cfg = detector_config(bootstrap, topic, group, model, state_dir, device, max_poll_records)
+    cfg = detector_config(
+        bootstrap, topic, group, model, state_dir, device, max_poll_records, engine_process
+    )
     det = RunningDetector(cfg)
     try:
         res = det.wait_processed(total, timeout_s=600)
@@ -558,40 +570,122 @@ def detector_run(
 # Latency at a fixed rate
 
 
-def _paced_producer(
-    bootstrap: str, topic: str, keys: int, rate: float, seconds: float, out: Any
-) -> None:
-    """Produce ``rate`` events/s for ``seconds``, each stamped with the wall clock when sent."""
-    from kafka import KafkaProducer
+TICK_S = 0.005  # the paced producer sends what is due this often
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
-    names = [f"key-{i:05d}".encode() for i in range(keys)]
-    texts = [n.decode() for n in names]
+
+class _RawProducer:
+    """Produce requests (v3, acks=all) built here, for the paced producer.
+
+    kafka-python's ``KafkaProducer.send`` costs about 18 us of Python per message on these
+    machines: half the detector's rate would need most of a core, which a 2-core machine running
+    the broker and the detector does not have, and the producer would fall behind its rate. Here
+    each tick's records go into one record batch per partition (kafka-python's batch builder,
+    about 1.5 us a record) and one request, over one socket to a single-broker cluster (the
+    embedded one): keys are partitioned with murmur2 as kafka-python and Java do."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        import socket
+
+        host, _, port = bootstrap.split(",")[0].rpartition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.topic = topic.encode()
+        self.partitions = partitions
+        self.correlation = 0
+
+    def partition_of(self, key: bytes) -> int:
+        from kafka.partitioner.default import murmur2
+
+        return (murmur2(key) & 0x7FFFFFFF) % self.partitions
+
+    def send(self, by_partition: dict[int, list[tuple[bytes, bytes]]], ts_ms: int) -> None:
+        """One request with one batch per partition; waits for the answer (raises on an error)."""
+        import struct
+
+        from kafka.record.default_records import DefaultRecordBatchBuilder
+
+        parts = []
+        for p, records in by_partition.items():
+            b = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 30)
+            for i, (k, v) in enumerate(records):
+                b.append(i, timestamp=ts_ms, key=k, value=v, headers=[])
+            batch = bytes(b.build())
+            parts.append(struct.pack(">ii", p, len(batch)) + batch)
+        self.correlation += 1
+        client = b"streamrnn-bench"
+        body = (
+            struct.pack(">hhih", 0, 3, self.correlation, len(client))
+            + client
+            + struct.pack(">hhii", -1, -1, 30_000, 1)  # no transactional id, acks=all, 1 topic
+            + struct.pack(">h", len(self.topic))
+            + self.topic
+            + struct.pack(">i", len(parts))
+            + b"".join(parts)
+        )
+        self.sock.sendall(struct.pack(">i", len(body)) + body)
+        (size,) = struct.unpack(">i", self._read(4))
+        resp = self._read(size)
+        # correlation id, topics: [name, partitions: [index, error code, base offset, log time]]
+        pos = 4 + 4
+        (name_len,) = struct.unpack_from(">h", resp, pos)
+        pos += 2 + name_len
+        (n,) = struct.unpack_from(">i", resp, pos)
+        pos += 4
+        for _ in range(n):
+            index, error = struct.unpack_from(">ih", resp, pos)
+            pos += 4 + 2 + 8 + 8
+            if error:
+                raise RuntimeError(f"produce to {self.topic.decode()}-{index}: error code {error}")
+
+    def _read(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("the broker closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _paced_producer(
+    bootstrap: str, topic: str, keys: int, partitions: int, rate: float, seconds: float, out: Any
+) -> None:
+    """Produce ``rate`` events/s for ``seconds``: event ``j`` is stamped with the wall-clock time
+    it is due (``start + j / rate``), and sent with the others due in the same ``TICK_S``
+    (:class:`_RawProducer`), so its lag includes the producer's own batching."""
+    producer = _RawProducer(bootstrap, topic, partitions)
+    names = [f"key-{i:05d}" for i in range(keys)]
+    encoded = [n.encode() for n in names]
+    part_of = [producer.partition_of(k) for k in encoded]
     rng = np.random.default_rng(1)
     levels = rng.uniform(10.0, 1000.0, size=keys).tolist()
     sent = 0
     start = time.perf_counter()
+    wall0 = time.time() - (time.perf_counter() - start)
     end = start + seconds
-    i = 0
-    while True:
-        now = time.perf_counter()
-        if now >= end:
-            break
-        due = int((now - start) * rate)
-        while sent < due:
-            k = i % keys
-            i += 1
-            v = levels[k] * (1.0 + 0.01 * math.sin(i * 0.01))
-            producer.send(
-                topic,
-                key=names[k],
-                value=orjson.dumps({"key": texts[k], "ts": time.time(), "value": v}),
-            )
-            sent += 1
-        time.sleep(0.002)
-    producer.flush(timeout=60)
-    elapsed = time.perf_counter() - start
-    producer.close(timeout=10)
+    try:
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                break
+            due = int((now - start) * rate)
+            if due > sent:
+                by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+                for j in range(sent, due):
+                    k = j % keys
+                    v = levels[k] * (1.0 + 0.01 * math.sin(j * 0.01))
+                    stamp = wall0 + j / rate
+                    value = orjson.dumps({"key": names[k], "ts": stamp, "value": v})
+                    by_partition.setdefault(part_of[k], []).append((encoded[k], value))
+                producer.send(by_partition, int(time.time() * 1000))
+                sent = due
+            time.sleep(TICK_S)
+        elapsed = time.perf_counter() - start
+    finally:
+        producer.close()
     out.put({"sent": sent, "seconds": elapsed, "events_per_s": sent / elapsed})
 
 
@@ -614,7 +708,13 @@ def quantile_from_buckets(buckets: dict[float, float], q: float) -> float:
 
 
 def latency_run(
-    det: RunningDetector, bootstrap: str, topic: str, keys: int, rate: float, seconds: float
+    det: RunningDetector,
+    bootstrap: str,
+    topic: str,
+    keys: int,
+    partitions: int,
+    rate: float,
+    seconds: float,
 ) -> dict[str, Any]:
     """Events stamped with the wall clock at ``rate`` per second for ``seconds``; their lag from
     the detector's histogram, without the first ``warm`` seconds."""
@@ -623,7 +723,9 @@ def latency_run(
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     proc = ctx.Process(
-        target=_paced_producer, args=(bootstrap, topic, keys, rate, seconds, q), daemon=True
+        target=_paced_producer,
+        args=(bootstrap, topic, keys, partitions, rate, seconds, q),
+        daemon=True,
     )
     proc.start()
     try:
@@ -656,6 +758,73 @@ def latency_run(
         "within_100ms": within / total if total else float("nan"),
         "buckets": {("+Inf" if math.isinf(b) else repr(b)): delta[b] for b in sorted(delta)},
     }
+
+
+def _lag_quantiles(lags: np.ndarray) -> dict[str, Any]:
+    """Exact quantiles of lags (s), and the detector's way: its histogram's buckets, interpolated."""
+    from streamrnn.service.metrics import EVENT_LAG_BUCKETS
+
+    bounds = [*EVENT_LAG_BUCKETS, math.inf]
+    counts = np.searchsorted(np.sort(lags), bounds, side="right").astype(float)  # cumulative
+    buckets = dict(zip(bounds, counts.tolist(), strict=True))
+    return {
+        "observed_events": len(lags),
+        "p50_s": quantile_from_buckets(buckets, 0.5),
+        "p99_s": quantile_from_buckets(buckets, 0.99),
+        "exact_p50_s": float(np.quantile(lags, 0.5)) if len(lags) else float("nan"),
+        "exact_p99_s": float(np.quantile(lags, 0.99)) if len(lags) else float("nan"),
+        "within_100ms": float(np.mean(lags <= 0.1)) if len(lags) else float("nan"),
+    }
+
+
+def bare_latency_run(
+    bootstrap: str, topic: str, keys: int, partitions: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    """The floor under the detector's latency: the paced producer into a fresh topic, read by the
+    bare loop (poll and orjson), each event's lag taken when its poll returns."""
+    from streamrnn.broker import create_topics
+
+    create_topics(bootstrap, {topic: partitions})
+    c = _consumer(bootstrap, topic, 5000)
+    warm = min(2.0, seconds / 4)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(
+        target=_paced_producer,
+        args=(bootstrap, topic, keys, partitions, rate, seconds, q),
+        daemon=True,
+    )
+    lags: list[float] = []
+    got: dict[str, Any] | None = None
+    proc.start()
+    try:
+        loads = orjson.loads
+        first: float | None = None
+        deadline = time.monotonic() + seconds + 120
+        while got is None or len(lags) < got["sent"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the bare consumer read {len(lags)} paced events")
+            polled = c.poll(timeout_ms=200, max_records=5000)
+            now = time.time()
+            for recs in polled.values():
+                lags.extend(now - loads(r.value)["ts"] for r in recs)
+            if first is None and lags:
+                first = now
+            if got is None and not proc.is_alive():
+                got = q.get(timeout=10)
+            elif got is None:
+                with contextlib.suppress(Exception):
+                    got = q.get_nowait()
+    finally:
+        c.close(autocommit=False)
+        if proc.is_alive():
+            proc.terminate()
+    # Like the detector's: without the first `warm` seconds (events are due at rate per second).
+    skip = int(warm * rate)
+    out = _lag_quantiles(np.asarray(lags[skip:], dtype=np.float64))
+    out["produced_events_per_s"] = got["events_per_s"]
+    out["target_events_per_s"] = rate
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -845,6 +1014,14 @@ def format_report(r: dict[str, Any]) -> str:
             f"p50 {lat['p50_s'] * 1000:.1f} ms, p99 {lat['p99_s'] * 1000:.1f} ms, "
             f"{lat['within_100ms'] * 100:.2f}% within 100 ms (target at 0.5 x: p99 <= 100 ms)"
         )
+        floor = lat.get("bare")
+        if floor:
+            lines.append(
+                f"  the bare loop at {floor['produced_events_per_s']:,.0f} events/s (the floor): "
+                f"p50 {floor['p50_s'] * 1000:.1f} ms, p99 {floor['p99_s'] * 1000:.1f} ms "
+                f"(exact {floor['exact_p99_s'] * 1000:.1f} ms), "
+                f"{floor['within_100ms'] * 100:.2f}% within 100 ms"
+            )
     mem = r.get("memory")
     if mem:
         lines.append(
@@ -947,6 +1124,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "max_poll_records": args.max_poll_records,
             "repeat": args.repeat,
             "device": str(device),
+            "engine": args.engine,
             "quick": args.quick,
         },
     }
@@ -980,7 +1158,14 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 log.info("bare: %.0f events/s", bare[-1]["events_per_s"])
                 log.info("detector, run %d", i + 1)
                 res, det = detector_run(
-                    bootstrap, topic, total, model, work, str(device), args.max_poll_records
+                    bootstrap,
+                    topic,
+                    total,
+                    model,
+                    work,
+                    str(device),
+                    args.max_poll_records,
+                    args.engine == "process",
                 )
                 detector.append(res)
                 log.info("detector: %.0f events/s", res["events_per_s"])
@@ -1002,7 +1187,15 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         frac,
                         args.latency_seconds,
                     )
-                    lat = latency_run(det, bootstrap, topic, args.keys, rate, args.latency_seconds)
+                    lat = latency_run(
+                        det,
+                        bootstrap,
+                        topic,
+                        args.keys,
+                        args.partitions,
+                        rate,
+                        args.latency_seconds,
+                    )
                     lat["fraction_of_max"] = frac
                     runs.append(lat)
                 result["latency_by_rate"] = runs
@@ -1011,6 +1204,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             if det is not None:
                 det.stop()
+        for lat in result.get("latency_by_rate", []):
+            log.info("latency floor: the bare loop at %.0f events/s", lat["target_events_per_s"])
+            lat["bare"] = bare_latency_run(
+                bootstrap,
+                f"{topic}-bare-{lat['fraction_of_max']:g}",
+                args.keys,
+                args.partitions,
+                lat["target_events_per_s"],
+                args.latency_seconds,
+            )
         if not args.skip_naive:
             for i in range(args.repeat):
                 log.info("naive loop, run %d", i + 1)

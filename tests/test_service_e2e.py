@@ -54,12 +54,14 @@ MALFORMED = [
 ]
 
 
+@pytest.mark.parametrize("engine_process", [True, False], ids=["engine-process", "inline"])
 def test_end_to_end(
     kafka_broker: EmbeddedBroker,
     topic_name: str,
     tmp_path: Path,
     model: Path,
     monkeypatch: pytest.MonkeyPatch,
+    engine_process: bool,
 ) -> None:
     monkeypatch.setattr(app, "LAG_INTERVAL_S", 0.3)
     bs = kafka_broker.bootstrap_servers
@@ -84,6 +86,7 @@ def test_end_to_end(
         bs, topic_name, f"g-{topic_name}", model_copy, tmp_path / "state", model_poll_interval_s=0.2
     )
     raw["input"] = {"late_events": "drop"}
+    raw["service"]["engine_process"] = engine_process
     ref_score, _, ref_flag = reference(raw, events)
     assert ref_flag[spike], "the spike is flagged by an uninterrupted engine run"
 

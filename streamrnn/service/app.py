@@ -90,7 +90,6 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 LAG_INTERVAL_S = 5.0  # consumer lag is refreshed at most this often
-INFLIGHT_POLL_MS = 5  # longest poll while an outcome is pending: bounds the wait to publish it
 MAX_CLIENT_FAILURES = 20  # unexpected errors from consumer.poll in a row before giving up
 # /healthz fails when the loop has not iterated for max(this, max_poll_interval_ms)
 HEALTH_MIN_S = 30.0
@@ -124,6 +123,10 @@ class Detector:
     raises :class:`ConfigError` naming the key, the rule and the value. ``registry`` receives the
     metrics (a fresh one by default). ``run`` serves ``/metrics``, ``/healthz`` and ``/readyz`` on
     ``service.metrics_host:metrics_port`` and returns the exit status.
+
+    With ``service.engine_process`` (the default) ``run`` starts the engine side in a child
+    process (:mod:`.worker`); a script that runs a Detector must then guard its entry point with
+    ``if __name__ == "__main__":``, as any multiprocessing program must.
     """
 
     def __init__(self, config: Config, *, registry: CollectorRegistry | None = None) -> None:
@@ -438,24 +441,17 @@ class Detector:
                 ):
                     next_model_check = now + self.svc.model_poll_interval_s
                     self._maybe_reload(forced=self._reload_requested.is_set())
-                # With a poll in flight, wait for records only until its outcome may be ready.
-                engine = self.engine
-                assert engine is not None
-                if not self._inflight:
-                    timeout_ms = self.svc.poll_timeout_ms
-                else:
-                    timeout_ms = (
-                        0 if engine.ready() else min(INFLIGHT_POLL_MS, self.svc.poll_timeout_ms)
-                    )
-                records = self._poll(timeout_ms)
-                if records:
+                # With a poll in flight, take only what the client already has.
+                records = self._poll(0 if self._inflight else self.svc.poll_timeout_ms)
+                n = sum(len(recs) for recs in records.values())
+                if n:
                     self._submit(records)
-                # One poll stays with the engine side while the client parses the next; an
-                # outcome is published once a newer poll was handed over, or once it is ready
-                # and nothing new came.
-                while self._inflight and (
-                    len(self._inflight) > self._depth or (not records and engine.ready())
-                ):
+                # A large poll (the client is behind) stays with the engine side while the client
+                # parses the next one; otherwise everything is published now: at low rates that
+                # costs no throughput, and waiting on the engine frees the interpreter for the
+                # client's network thread.
+                keep = self._depth if n >= self._pipeline_min else 0
+                while len(self._inflight) > keep:
                     if not self._finish():
                         break
                 if self._abandoned:
@@ -500,6 +496,11 @@ class Detector:
     def _depth(self) -> int:
         """Polls left in flight after a new one was handed over."""
         return 1 if self.svc.engine_process else 0
+
+    @property
+    def _pipeline_min(self) -> int:
+        """Records a poll needs to stay in flight: half of ``max_poll_records``."""
+        return max(1, self.svc.max_poll_records // 10)
 
     def _submit(self, records: dict[Any, list[Any]]) -> None:
         """Hand one poll to the engine side (as columns, one part per partition)."""

@@ -21,6 +21,7 @@ exits when the parent closes the pipe or dies.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing as mp
 import signal
@@ -504,6 +505,9 @@ def _child_main(
     except BaseException as e:
         replies.send(("err", (type(e).__name__, str(e), traceback.format_exc())))
         return
+    # Out of the collector's sight from now on (torch, the model): see Detector.run.
+    gc.collect()
+    gc.freeze()
     replies.send(("ok", side.stats()))
     while True:
         try:
