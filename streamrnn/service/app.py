@@ -499,7 +499,7 @@ class Detector:
 
     @property
     def _pipeline_min(self) -> int:
-        """Records a poll needs to stay in flight: half of ``max_poll_records``."""
+        """Records a poll needs to stay in flight: a tenth of ``max_poll_records``."""
         return max(1, self.svc.max_poll_records // 10)
 
     def _submit(self, records: dict[Any, list[Any]]) -> None:
