@@ -79,7 +79,7 @@ QUICK_STEP_KEYS = (1_000, 10_000)
 
 FULL = {
     "keys": 1000,
-    "events_per_key": 120,
+    "events_per_key": 600,  # 600,000 events: several seconds a loop, where 120 took under one
     "partitions": 4,
     "repeat": 2,
     "latency_seconds": 15.0,
@@ -101,7 +101,7 @@ QUICK = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keys", type=int, help="keys in the topic (default 1000; --quick 50)")
-    p.add_argument("--events-per-key", type=int, help="events per key (default 120; --quick 40)")
+    p.add_argument("--events-per-key", type=int, help="events per key (default 600; --quick 40)")
     p.add_argument("--partitions", type=int, help="topic partitions (default 4; --quick 2)")
     p.add_argument(
         "--cell", choices=["lstm", "gru"], default="lstm", help="model cell (default lstm)"

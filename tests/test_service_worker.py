@@ -179,3 +179,21 @@ def test_a_child_that_cannot_start_says_why(detector: Detector, tmp_path: Path) 
     )
     with pytest.raises(EngineCallError, match="missing"):
         ProcessEngine(cfg, CPU)
+
+
+def test_a_key_seen_on_another_partition_moves_there(detector: Detector) -> None:
+    side = EngineSide(detector.config, detector.loaded, CPU)
+
+    def part(partition: int, offset: int, keys: list[str]) -> Part:
+        vals = [orjson.dumps({"key": k, "ts": 1.7e9 + offset, "value": 1.0}) for k in keys]
+        offs = list(range(offset, offset + len(keys)))
+        return Part("t", partition, offs, [None] * len(keys), [None] * len(keys), vals)
+
+    first = side.process([part(0, 0, ["a", "b", "a"]), part(1, 0, ["c"])])
+    assert first.moved == [] and side.tp_keys == {("t", 0): {"a", "b"}, ("t", 1): {"c"}}
+    second = side.process([part(1, 1, ["a", "c"])])
+    assert second.moved == [("a", ("t", 0), ("t", 1))]
+    assert side.keys_of(("t", 0)) == ["b"] and sorted(side.keys_of(("t", 1))) == ["a", "c"]
+    side.forget([("t", 1)])
+    assert "b" in side.engine.store and "a" not in side.engine.store
+    assert side.stats().resident == 1

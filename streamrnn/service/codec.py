@@ -144,6 +144,8 @@ class Batch:
     offsets: np.ndarray
     rejects: list[Reject] = field(default_factory=list)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    # ((topic, partition), start, end): each part's accepted events are keys[start:end]
+    spans: list[tuple[tuple[str, int], int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -266,6 +268,7 @@ class Decoder:
         topics: list[str] = []
         rejects: list[Reject] = []
         next_offsets: dict[tuple[str, int], int] = {}
+        spans: list[tuple[tuple[str, int], int, int]] = []
         i = j = 0
         for part in parts:
             if len(part):
@@ -289,6 +292,7 @@ class Decoder:
                 offsets[j0:j] = np.asarray(part.offsets, dtype=np.int64)[pos]
                 partitions[j0:j] = part.partition
                 topics.extend([part.topic] * (j - j0))
+                spans.append(((part.topic, part.partition), j0, j))
         return Batch(
             keys=keys,
             times=times[:j],
@@ -299,6 +303,7 @@ class Decoder:
             offsets=offsets[:j],
             rejects=rejects,
             next_offsets=next_offsets,
+            spans=spans,
         )
 
     def _decode_fast(self, part: Part) -> tuple[list[str], np.ndarray, np.ndarray] | None:

@@ -40,7 +40,7 @@ from ..config import Config
 from ..engine import Engine
 from ..modeldir import LoadedModel, load_model
 from .checkpoint import offsets_key
-from .codec import Decoder, Part, event_messages, iso_times
+from .codec import Batch, Decoder, Part, event_messages, iso_times
 
 __all__ = [
     "EngineCallError",
@@ -157,7 +157,7 @@ class EngineSide:
         kept_scores, kept_times = np.zeros(0), np.zeros(0)
         if len(batch):
             res = self.engine.process(batch.keys, batch.times, batch.values)
-            moved = self._track_keys(batch.keys, batch.topics, batch.partitions)
+            moved = self._track_keys(batch)
             kept = ~res.dropped  # (N,)
             for i in np.flatnonzero(res.dropped).tolist():
                 ts = iso_times(batch.times[i : i + 1])[0]
@@ -203,23 +203,21 @@ class EngineSide:
             seconds=time.perf_counter() - t0,
         )
 
-    def _track_keys(
-        self, keys: list[str], topics: list[str], partitions: np.ndarray
-    ) -> list[tuple[str, TP, TP]]:
+    def _track_keys(self, batch: Batch) -> list[tuple[str, TP, TP]]:
         """Remember each key's (latest) partition: checkpoints are per partition."""
         moved = []
-        last = dict(zip(keys, zip(topics, partitions.tolist(), strict=True), strict=True))
         key_tp = self.key_tp
-        for key, tp in last.items():
-            old = key_tp.get(key)
-            if old == tp:
-                continue
-            if old is not None:
-                moved.append((key, old, tp))
-                if old in self.tp_keys:
-                    self.tp_keys[old].discard(key)
-            key_tp[key] = tp
-            self.tp_keys.setdefault(tp, set()).add(key)
+        for tp, start, end in batch.spans:
+            for key in dict.fromkeys(batch.keys[start:end]):  # each key once, in order
+                old = key_tp.get(key)
+                if old == tp:
+                    continue
+                if old is not None:
+                    moved.append((key, old, tp))
+                    if old in self.tp_keys:
+                        self.tp_keys[old].discard(key)
+                key_tp[key] = tp
+                self.tp_keys.setdefault(tp, set()).add(key)
         return moved
 
     def keys_of(self, tp: TP) -> list[str]:
