@@ -8,20 +8,26 @@ One run, on one broker and one topic (the embedded Tansu broker unless ``--boots
    ceiling of one Python process on this broker;
 3. **detector**: the real :class:`streamrnn.service.app.Detector` (a randomly initialised model
    written with :func:`streamrnn.modeldir.save_model`) consuming the same topic in its own
-   consumer group; events/s from its ``streamrnn_events_total`` counter between its first
-   batch and the last event;
+   consumer group, its engine side in a child process (``--engine inline`` keeps it in the
+   thread); events/s from its ``streamrnn_events_total`` counter between its first batch and
+   the last event;
 4. **naive**: what one writes by hand: per record, orjson, a dict of per-key ``(h, c)`` and one
    ``torch.nn.LSTMCell`` step per layer (same hidden size and layers) plus the output layer;
-5. **latency**: a producer in another process writes events stamped with the wall clock at
-   fixed fractions of the detector's measured rate (``--latency-fractions``, 0.1 and 0.5); p50
-   and p99 from the detector's ``streamrnn_event_lag_seconds`` histogram (event time to scored
-   and published), interpolated in its buckets, and the exact share within 100 ms;
+5. **latency**: a producer in another process writes events at fixed fractions of the
+   detector's measured rate (``--latency-fractions``, 0.1 and 0.5), each stamped with the
+   wall-clock time it is due, sent every 5 ms in produce requests it builds itself
+   (:class:`_RawProducer`: kafka-python's producer cannot reach these rates beside the
+   detector on 2 cores); p50 and p99 from the detector's ``streamrnn_event_lag_seconds``
+   histogram (event time to scored and published), interpolated in its buckets, and the exact
+   share within 100 ms. Then the floor: the same producer at the same rates into a fresh topic
+   read by the bare loop (the detector stopped), lags taken when each poll returns;
 6. **memory**: state store bytes per resident key against the bytes of the hidden state;
 7. **step**: the engine alone over 1k, 10k, 100k and 1M resident keys (``--step-keys``) on
    ``--device``: ``Engine.process`` (keys to rows, waves, the step, results back on the host)
    and the per-wave device step alone (CUDA timed with ``torch.cuda.synchronize()``).
 
-Each Kafka measurement runs ``--repeat`` times (the detector with a fresh consumer group each
+The process freezes its garbage collector's view of its start-up heap before the loops (the
+detector does so itself). Each Kafka measurement runs ``--repeat`` times (the detector with a fresh consumer group each
 time) and the best run counts; rates are measured from the first batch to the last event, so
 connection set-up and the group join do not count. A table goes to stdout, everything to
 ``--json``, a plot of throughput against resident keys to ``--plot``.
