@@ -695,6 +695,20 @@ def _paced_producer(
     out.put({"sent": sent, "seconds": elapsed, "events_per_s": sent / elapsed})
 
 
+def _paced_process(
+    bootstrap: str, topic: str, keys: int, partitions: int, rate: float, seconds: float
+) -> tuple[Any, Any]:
+    """:func:`_paced_producer` in a fresh interpreter (not started) and the queue of its result."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(
+        target=_paced_producer,
+        args=(bootstrap, topic, keys, partitions, rate, seconds, q),
+        daemon=True,
+    )
+    return proc, q
+
+
 def quantile_from_buckets(buckets: dict[float, float], q: float) -> float:
     """Prometheus' histogram_quantile: linear interpolation inside the bucket holding ``q``."""
     bounds = sorted(buckets)
@@ -726,13 +740,7 @@ def latency_run(
     the detector's histogram, without the first ``warm`` seconds."""
     already = det.processed()
     warm = min(2.0, seconds / 4)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(
-        target=_paced_producer,
-        args=(bootstrap, topic, keys, partitions, rate, seconds, q),
-        daemon=True,
-    )
+    proc, q = _paced_process(bootstrap, topic, keys, partitions, rate, seconds)
     proc.start()
     try:
         # The producer's start-up (a fresh interpreter) is not part of the measurement.
@@ -793,13 +801,7 @@ def bare_latency_run(
     create_topics(bootstrap, {topic: partitions})
     c = _consumer(bootstrap, topic, 5000)
     warm = min(2.0, seconds / 4)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    proc = ctx.Process(
-        target=_paced_producer,
-        args=(bootstrap, topic, keys, partitions, rate, seconds, q),
-        daemon=True,
-    )
+    proc, q = _paced_process(bootstrap, topic, keys, partitions, rate, seconds)
     lags: list[float] = []
     got: dict[str, Any] | None = None
     proc.start()
