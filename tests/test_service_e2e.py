@@ -28,6 +28,7 @@ from servicetools import (
 from streamrnn.broker import EmbeddedBroker, create_topics
 from streamrnn.service import app
 from streamrnn.service.checkpoint import LocalCheckpoints
+from streamrnn.service.worker import ProcessEngine
 
 pytestmark = pytest.mark.kafka
 
@@ -251,3 +252,57 @@ def _resave(model_path: Path, *, seed: int, hidden: int | None = None) -> None:
         torch.manual_seed(seed)
         m = Forecaster(cfg.model, n_values=1, n_extra=m.input_size - 1)
     save_model(model_path, m, cfg, feature_names=loaded.feature_names, metrics={}, data_summary={})
+
+
+def test_a_dead_engine_process_stops_the_detector_without_committing(
+    kafka_broker: EmbeddedBroker,
+    topic_name: str,
+    tmp_path: Path,
+    model: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The engine process killed under a running detector: the detector exits 1 and says why;
+    the batch in hand is neither committed nor checkpointed (the next start processes it again)."""
+    import os
+    import signal
+
+    bs = kafka_broker.bootstrap_servers
+    create_topics(bs, {topic_name: 1})
+    events = make_events(2, 40, seed=3)
+    first = [(e.key.encode(), event_json(e)) for e in events[:40]]
+    produce(bs, topic_name, first)
+    group = f"g-{topic_name}"
+    det = ThreadedDetector(service_config(bs, topic_name, group, model, tmp_path / "state"))
+    try:
+        wait_for(
+            lambda: det.value("streamrnn_events_total", {"outcome": "processed"}) == 40,
+            60,
+            "the first events scored",
+        )
+        engine = det.detector.engine
+        assert isinstance(engine, ProcessEngine) and engine.pid is not None
+        os.kill(engine.pid, signal.SIGKILL)
+        produce(bs, topic_name, [(e.key.encode(), event_json(e)) for e in events[40:]])
+        det.thread.join(60)
+        assert not det.thread.is_alive() and det.rc == 1
+    finally:
+        if det.thread.is_alive():
+            det.stop()
+    assert any("engine process" in r.getMessage() for r in caplog.records)
+    assert det.value("streamrnn_events_total", {"outcome": "processed"}) == 40
+    assert committed(bs, group, topic_name, (0,)) == {0: 40}
+
+
+def test_the_engine_process_exits_with_the_detector(
+    kafka_broker: EmbeddedBroker, topic_name: str, tmp_path: Path, model: Path
+) -> None:
+    bs = kafka_broker.bootstrap_servers
+    create_topics(bs, {topic_name: 1})
+    det = ThreadedDetector(
+        service_config(bs, topic_name, f"g-{topic_name}", model, tmp_path / "state")
+    )
+    wait_for(lambda: det.value("streamrnn_ready") == 1, 60, "ready")
+    engine = det.detector.engine
+    assert isinstance(engine, ProcessEngine)
+    assert det.stop() == 0
+    assert engine._proc.exitcode == 0

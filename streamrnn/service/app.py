@@ -348,12 +348,21 @@ class Detector:
             gc.freeze()
             try:
                 self._loop()
+                return self._shutdown()
+            except EngineGone as e:
+                self._crashed = True
+                log.error(
+                    "%s; leaving without a final checkpoint (the next start processes the "
+                    "uncommitted events again)",
+                    e,
+                )
+                self._close_clients(timeout_s=5.0)
+                return 1
             except Exception:
                 self._crashed = True
                 log.exception("the detector loop crashed; leaving without a final checkpoint")
                 self._close_clients(timeout_s=5.0)
                 return 1
-            return self._shutdown()
         finally:
             restore_signals()
             self.metrics.set_ready(False)
