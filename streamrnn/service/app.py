@@ -11,8 +11,10 @@ parses the next. One poll, in order (see ``docs/design.md``):
    ``input.late_events: drop`` the late ones come back as rejects (``late_event``).
 3. One alert per flagged event to ``service.alerts_topic`` (and every event to
    ``service.scores_topic`` when set), keyed by the event key, identified by ``source``.
-4. ``flush`` until the broker acknowledged every message (acks=all; failed sends are retried with
-   exponential backoff), and only then commit the batch's offsets: nothing is lost.
+4. Only once the broker acknowledged every message of a poll (acks=all; failed sends are
+   retried with exponential backoff) are its offsets committed: nothing is lost. Sends are not
+   awaited one poll at a time: the loop goes on polling and commits each poll, in order, as its
+   acknowledgements arrive.
 
 At most one poll is in flight beside the one being parsed; everything that reads or changes the
 state (rebalances, checkpoints, model reloads, shutdown) first collects and publishes it, so the
@@ -90,6 +92,7 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 LAG_INTERVAL_S = 5.0  # consumer lag is refreshed at most this often
+ACK_POLL_MS = 10  # longest poll while sent messages await acknowledgement (then commit)
 MAX_CLIENT_FAILURES = 20  # unexpected errors from consumer.poll in a row before giving up
 # /healthz fails when the loop has not iterated for max(this, max_poll_interval_ms)
 HEALTH_MIN_S = 30.0
@@ -104,6 +107,20 @@ class _Partition:
     dirty: bool = False  # events since the last checkpoint
     unsafe: bool = False  # outputs of a batch were never acknowledged: never checkpoint again
     committed: int | None = None  # the last offset this instance committed
+
+
+Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
+
+@dataclass
+class _Unacked:
+    """A scored poll whose messages are sent but not all acknowledged: not committed yet."""
+
+    sent: list[tuple[Message, Any]]  # each message and its send future (None: send raised)
+    out: Outcome
+    reasons: Counter[str]
+    next_offsets: dict[TP, int]
+    seconds: float  # the Kafka side's time on it so far
 
 
 @dataclass
@@ -174,6 +191,7 @@ class Detector:
         self._parts: dict[TP, _Partition] = {}
         self._pending: set[TP] = set()
         self._inflight: deque[_InFlight] = deque()
+        self._unacked: deque[_Unacked] = deque()
         self._abandoned = False  # a batch's outputs were never acknowledged: leave, no commit
         self._consumer: Any = None
         self._producer: Any = None
@@ -451,7 +469,13 @@ class Detector:
                     next_model_check = now + self.svc.model_poll_interval_s
                     self._maybe_reload(forced=self._reload_requested.is_set())
                 # With a poll in flight, take only what the client already has.
-                records = self._poll(0 if self._inflight else self.svc.poll_timeout_ms)
+                if self._inflight:
+                    timeout_ms = 0
+                elif self._unacked:
+                    timeout_ms = min(ACK_POLL_MS, self.svc.poll_timeout_ms)
+                else:
+                    timeout_ms = self.svc.poll_timeout_ms
+                records = self._poll(timeout_ms)
                 n = sum(len(recs) for recs in records.values())
                 if n:
                     self._submit(records)
@@ -463,6 +487,9 @@ class Detector:
                 while len(self._inflight) > keep:
                     if not self._finish():
                         break
+                # Commit what the broker has acknowledged; a poll's messages are not awaited
+                # one by one.
+                self._settle(wait=False)
                 if self._abandoned:
                     return  # outputs never acknowledged while stopping: leave without committing
                 now = time.monotonic()
@@ -530,7 +557,7 @@ class Detector:
         while self._inflight:
             if not self._finish():
                 return False
-        return not self._abandoned
+        return self._settle(wait=True) and not self._abandoned
 
     def _finish(self) -> bool:
         """Publish the oldest poll in flight and commit it; False when its outputs were never
@@ -540,7 +567,7 @@ class Detector:
         job = self._inflight.popleft()
         out = self.engine.result()
         self._note_stats(out.stats)
-        messages: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]] = []
+        messages: list[Message] = []
         reasons: Counter[str] = Counter()
         if out.rejects:
             starts = np.cumsum([0] + [len(p) for p in job.parts])  # (parts + 1,)
@@ -562,19 +589,78 @@ class Detector:
             messages.extend((self.svc.scores_topic, k, v, None) for k, v in out.scores)
         self._log_batch_notes(out)
 
-        if not self._publish(messages):
-            self._abandoned = True
-            for j in (job, *self._inflight):
-                for tp in j.next_offsets:
-                    if tp in self._parts:
-                        self._parts[tp].unsafe = True
-            self._inflight.clear()
-            return False
+        from kafka.errors import KafkaError
 
+        sent: list[tuple[Message, Any]] = []
+        for msg in messages:
+            topic, key, value, headers = msg
+            try:
+                sent.append(
+                    (msg, self._producer.send(topic, key=key, value=value, headers=headers))
+                )
+            except KafkaError:  # retried with backoff when the batch settles
+                sent.append((msg, None))
+        seconds = job.seconds + time.perf_counter() - t0
+        self._unacked.append(_Unacked(sent, out, reasons, job.next_offsets, seconds))
+        return True
+
+    def _settle(self, *, wait: bool) -> bool:
+        """Commit the scored polls whose messages are all acknowledged, oldest first; with
+        ``wait`` all of them (failed sends are retried with backoff). False when outputs were
+        never acknowledged (stopping): then nothing after them is committed or checkpointed."""
+        while self._unacked:
+            t0 = time.perf_counter()
+            u = self._unacked[0]
+            if not wait and not all(f is not None and f.is_done for _, f in u.sent):
+                return True
+            if wait and not all(f is not None and f.is_done for _, f in u.sent):
+                self._flush()
+            failed = [m for m, f in u.sent if f is None or not (f.is_done and f.succeeded())]
+            if failed:
+                self.metrics.broker_errors.inc()
+                error = next((f.exception for _, f in u.sent if f is not None and f.failed()), None)
+                log.warning(
+                    "%d of %d message(s) not acknowledged (%r); sending them again",
+                    len(failed),
+                    len(u.sent),
+                    error,
+                )
+                if not self._publish(failed):
+                    self._abandon()
+                    return False
+            self._unacked.popleft()
+            self._settled(u, time.perf_counter() - t0)
+        return True
+
+    def _flush(self) -> None:
+        """Wait for what the producer holds (a failure shows in the futures)."""
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.flush(timeout=self._flush_timeout(None))
+        except KafkaError as e:
+            log.debug("flush: %r", e)
+
+    def _abandon(self) -> None:
+        """Outputs were never acknowledged while stopping: no partition with events in hand is
+        committed or checkpointed again."""
+        self._abandoned = True
+        held: list[dict[TP, int]] = [u.next_offsets for u in self._unacked]
+        held += [j.next_offsets for j in self._inflight]
+        for offsets in held:
+            for tp in offsets:
+                if tp in self._parts:
+                    self._parts[tp].unsafe = True
+        self._unacked.clear()
+        self._inflight.clear()
+
+    def _settled(self, u: _Unacked, seconds: float) -> None:
+        """A poll's outputs are acknowledged: count it, move the offsets, commit."""
+        out = u.out
         now = time.time()
         m = self.metrics
         m.processed(out.processed)
-        for reason, n in reasons.items():
+        for reason, n in u.reasons.items():
             m.reject(reason, n)
         for topic, n in out.anomalies.items():
             m.anomaly(topic, n)
@@ -583,14 +669,12 @@ class Detector:
         m.observe_scores(out.score)
         m.observe_event_lags(now - out.times)
         m.engine_seconds.inc(out.seconds)
-
-        for tp, off in job.next_offsets.items():
+        for tp, off in u.next_offsets.items():
             part = self._parts.get(tp)
             if part is not None:
                 part.offset, part.dirty = off, True
-        self._commit(job.next_offsets, wait=False)
-        m.batch_done(job.seconds + time.perf_counter() - t0)
-        return True
+        self._commit(u.next_offsets, wait=False)
+        m.batch_done(u.seconds + seconds)
 
     def _note_stats(self, stats: Stats) -> None:
         """The engine side's counters into the metrics."""
