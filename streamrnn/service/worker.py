@@ -399,7 +399,11 @@ class ProcessEngine:
         child_out.close()
         self._pending = 0
         self._closed = False
-        self.stats: Stats = self._reply(timeout_s=start_timeout_s)
+        try:
+            self.stats: Stats = self._reply(timeout_s=start_timeout_s)
+        except BaseException:
+            self.close(timeout_s=5.0)  # the child has exited or is told to; no pipe leaks
+            raise
 
     @property
     def pid(self) -> int | None:
