@@ -179,7 +179,6 @@ class Detector:
         self.svc = svc
         self.loaded = loaded
         self.engine: EngineClient | None = None  # started by run()
-        self.n_features = len(names)
         self.feature_names = names
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, topics=svc.topics)
