@@ -197,3 +197,16 @@ def test_a_key_seen_on_another_partition_moves_there(detector: Detector) -> None
     side.forget([("t", 1)])
     assert "b" in side.engine.store and "a" not in side.engine.store
     assert side.stats().resident == 1
+
+
+def test_run_flags_choose_the_engine_side() -> None:
+    """`streamrnn run` runs the engine process by default; --one-process keeps one process."""
+    import argparse
+
+    from streamrnn.service.cli import add_arguments, overrides_from
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    default = load_config(None, overrides=overrides_from(parser.parse_args([])))
+    one = load_config(None, overrides=overrides_from(parser.parse_args(["--one-process"])))
+    assert default.service.engine_process is True and one.service.engine_process is False

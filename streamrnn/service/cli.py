@@ -58,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="port of /metrics, /healthz and /readyz; 0 picks a free one (service.metrics_port)",
     )
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (state.device)")
+    parser.add_argument(
+        "--one-process",
+        action="store_const",
+        const=False,
+        dest="engine_process",
+        help="decode, model and scoring in the Kafka client's thread instead of a child process "
+        "(service.engine_process: false): one core instead of two",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, object]:
@@ -77,6 +85,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
         "service.state_dir": args.state_dir,
         "service.metrics_port": args.metrics_port,
         "state.device": args.device,
+        "service.engine_process": getattr(args, "engine_process", None),
     }
 
 
