@@ -151,6 +151,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default) or inline in the Kafka side's thread",
     )
     p.add_argument(
+        "--record-reader",
+        choices=("fast", "kafka-python"),
+        default="fast",
+        help="the detector's record batch reader: streamrnn's (service.fast_record_reader: true, "
+        "the default) or kafka-python's own",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -226,11 +233,13 @@ def produce_topic(bootstrap: str, topic: str, keys: int, steps: int, seed: int) 
     return {"events": n, "seconds": dt, "events_per_s": n / dt}
 
 
-def _consumer(bootstrap: str, topic: str, max_poll_records: int) -> Any:
-    """A group-less consumer assigned every partition of ``topic`` from the beginning."""
+def _consumer(bootstrap: str, topic: str, max_poll_records: int, fast: bool = False) -> Any:
+    """A group-less consumer assigned every partition of ``topic`` from the beginning; with
+    ``fast``, reading record batches with the detector's reader (service/records.py)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from streamrnn.config import ServiceConfig
+    from streamrnn.service.records import install
 
     svc = ServiceConfig()  # the detector's fetch settings, so the ceiling is measured like for like
     c = KafkaConsumer(
@@ -240,6 +249,8 @@ def _consumer(bootstrap: str, topic: str, max_poll_records: int) -> Any:
         fetch_max_wait_ms=svc.fetch_max_wait_ms,
         max_partition_fetch_bytes=svc.max_partition_fetch_bytes,
     )
+    if fast and not install(c):
+        raise RuntimeError("the fast record reader does not work with this kafka-python")
     parts: set[int] = set()
     deadline = time.monotonic() + 30
     while not parts:
@@ -284,8 +295,9 @@ def _consume(
     max_poll_records: int,
     handle: Callable[[list[Any]], None],
     timeout_s: float,
+    fast: bool = False,
 ) -> dict[str, Any]:
-    c = _consumer(bootstrap, topic, max_poll_records)
+    c = _consumer(bootstrap, topic, max_poll_records, fast)
     rate = _Rate(total)
     n = 0
     deadline = time.monotonic() + timeout_s
@@ -303,15 +315,18 @@ def _consume(
     return rate.result(n)
 
 
-def bare_loop(bootstrap: str, topic: str, total: int, max_poll_records: int) -> dict[str, Any]:
-    """Poll and decode each record with orjson: nothing else."""
+def bare_loop(
+    bootstrap: str, topic: str, total: int, max_poll_records: int, fast: bool = False
+) -> dict[str, Any]:
+    """Poll and decode each record with orjson: nothing else. With ``fast``, kafka-python's
+    consumer reads record batches with the detector's reader (service/records.py)."""
     loads = orjson.loads
 
     def handle(recs: list[Any]) -> None:
         for r in recs:
             loads(r.value)
 
-    return _consume(bootstrap, topic, total, max_poll_records, handle, timeout_s=600)
+    return _consume(bootstrap, topic, total, max_poll_records, handle, timeout_s=600, fast=fast)
 
 
 def naive_loop(
@@ -389,6 +404,7 @@ def detector_config(
     device: str,
     max_poll_records: int,
     engine_process: bool = True,
+    fast_record_reader: bool = True,
 ) -> Any:
     from streamrnn.config import load_config
 
@@ -407,6 +423,7 @@ def detector_config(
             "model_poll_interval_s": 0.0,
             "max_poll_records": max_poll_records,
             "engine_process": engine_process,
+            "fast_record_reader": fast_record_reader,
             **FAST_GROUP,
         },
     }
@@ -555,11 +572,20 @@ def detector_run(
     device: str,
     max_poll_records: int,
     engine_process: bool = True,
+    fast_record_reader: bool = True,
 ) -> tuple[dict[str, Any], RunningDetector]:
     group = f"bench-{uuid.uuid4().hex[:8]}"
     state_dir = work / group
     cfg = detector_config(
-        bootstrap, topic, group, model, state_dir, device, max_poll_records, engine_process
+        bootstrap,
+        topic,
+        group,
+        model,
+        state_dir,
+        device,
+        max_poll_records,
+        engine_process,
+        fast_record_reader,
     )
     det = RunningDetector(cfg)
     try:
@@ -992,7 +1018,7 @@ def format_report(r: dict[str, Any]) -> str:
     tp = r["throughput"]
     lines.append("")
     lines.append(f"{'loop':<10} {'events/s':>12} {'runs (events/s)':<40}")
-    for name in ("bare", "detector", "naive"):
+    for name in ("bare", "bare_fast", "detector", "naive"):
         t = tp.get(name)
         if not t:
             continue
@@ -1008,6 +1034,11 @@ def format_report(r: dict[str, Any]) -> str:
                 else "-",
             )
         )
+        if "detector_over_bare_fast" in ratios:
+            lines.append(
+                "detector / bare_fast = {:.2f} (bare_fast: the bare loop with the detector's "
+                "record reader)".format(ratios["detector_over_bare_fast"])
+            )
     det = tp.get("detector") or {}
     if det.get("batch_share") is not None:
         lines.append(
@@ -1069,7 +1100,7 @@ def plot(r: dict[str, Any], path: str) -> None:
         )
     tp = r.get("throughput", {})
     keys = r["config"]["keys"]
-    for name, marker in (("detector", "*"), ("bare", "^"), ("naive", "v")):
+    for name, marker in (("detector", "*"), ("bare", "^"), ("bare_fast", "<"), ("naive", "v")):
         if tp.get(name):
             ax.plot(
                 [keys], [tp[name]["events_per_s"]], marker, markersize=11, label=f"{name} on Kafka"
@@ -1133,6 +1164,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "repeat": args.repeat,
             "device": str(device),
             "engine": args.engine,
+            "record_reader": args.record_reader,
             "quick": args.quick,
         },
     }
@@ -1149,7 +1181,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         )
         model = write_model(work / "model", args.cell, args.hidden, args.layers, args.seed)
 
-        bare, detector, naive = [], [], []
+        bare, bare_fast, detector, naive = [], [], [], []
         # The detector freezes the collector's view of its start-up heap (a full collection
         # then scans only the new objects); so does this process before any loop, or whichever
         # loop ran after the first detector would get that for free.
@@ -1164,6 +1196,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 log.info("bare loop, run %d", i + 1)
                 bare.append(bare_loop(bootstrap, topic, total, args.max_poll_records))
                 log.info("bare: %.0f events/s", bare[-1]["events_per_s"])
+                log.info("bare loop with the fast record reader, run %d", i + 1)
+                bare_fast.append(
+                    bare_loop(bootstrap, topic, total, args.max_poll_records, fast=True)
+                )
+                log.info("bare (fast reader): %.0f events/s", bare_fast[-1]["events_per_s"])
                 log.info("detector, run %d", i + 1)
                 res, det = detector_run(
                     bootstrap,
@@ -1174,12 +1211,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     str(device),
                     args.max_poll_records,
                     args.engine == "process",
+                    args.record_reader == "fast",
                 )
                 detector.append(res)
                 log.info("detector: %.0f events/s", res["events_per_s"])
             assert det is not None
             result["memory"] = detector_memory(det)
-            tp: dict[str, Any] = {"bare": _best(bare), "detector": _best(detector)}
+            tp: dict[str, Any] = {
+                "bare": _best(bare),
+                "bare_fast": _best(bare_fast),
+                "detector": _best(detector),
+            }
             best = max(detector, key=lambda x: x["events_per_s"])
             tp["detector"]["batch_share"] = best["batch_share"]
             tp["detector"]["engine_share"] = best["engine_share"]
@@ -1239,7 +1281,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 log.info("naive: %.0f events/s", naive[-1]["events_per_s"])
             tp["naive"] = _best(naive)
-        ratios = {"detector_over_bare": tp["detector"]["events_per_s"] / tp["bare"]["events_per_s"]}
+        ratios = {
+            "detector_over_bare": tp["detector"]["events_per_s"] / tp["bare"]["events_per_s"],
+            "detector_over_bare_fast": (
+                tp["detector"]["events_per_s"] / tp["bare_fast"]["events_per_s"]
+            ),
+        }
         if naive:
             ratios["detector_over_naive"] = (
                 tp["detector"]["events_per_s"] / tp["naive"]["events_per_s"]

@@ -184,6 +184,10 @@ class ServiceConfig:
     # Decode, model and scoring in a child process, overlapping the Kafka client's work (a second
     # core on CPU; the process that owns the GPU); false keeps everything in one process.
     engine_process: bool = True
+    # Read fetched record batches with streamrnn's own loop (service/records.py, about twice the
+    # records a second of kafka-python's); false, or a kafka-python it does not recognise, keeps
+    # kafka-python's reader.
+    fast_record_reader: bool = True
     poll_timeout_ms: int = _rule(200, _pos, "must be an integer >= 1")
     # How long the broker may hold a fetch with no new data: bounds the latency at low rates.
     fetch_max_wait_ms: int = _rule(50, _nonneg, "must be an integer >= 0")

@@ -56,12 +56,13 @@ def test_quick_benchmark_produces_figures(
     assert r["command"].startswith("python -m bench.throughput --quick")
     assert r["config"]["events"] == 300
     tp = r["throughput"]
-    for name in ("bare", "detector", "naive"):
+    for name in ("bare", "bare_fast", "detector", "naive"):
         runs = tp[name]["runs"]
         assert runs and all(x["events"] == 300 for x in runs), name
         assert tp[name]["events_per_s"] > 0
     assert math.isfinite(tp["ratios"]["detector_over_bare"])
     assert math.isfinite(tp["ratios"]["detector_over_naive"])
+    assert math.isfinite(tp["ratios"]["detector_over_bare_fast"])
     lat = r["latency"]
     assert lat["observed_events"] > 0 and lat["p50_s"] <= lat["p99_s"]
     mem = r["memory"]

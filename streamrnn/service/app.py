@@ -83,6 +83,7 @@ from .checkpoint import (
 from .clients import Backoff, ensure_topics
 from .codec import Part, dlq_headers
 from .metrics import Metrics, MetricsServer, start_http
+from .records import install as install_record_reader
 from .validate import validate_service_config
 from .worker import EngineClient, EngineGone, Outcome, Stats, start_engine
 
@@ -291,6 +292,8 @@ class Detector:
                     heartbeat_interval_ms=svc.heartbeat_interval_ms,
                     bootstrap_timeout_ms=10_000,
                 )
+                if svc.fast_record_reader:
+                    install_record_reader(self._consumer)
                 if svc.topics:
                     self._consumer.subscribe(topics=list(svc.topics), listener=Listener())
                 else:
@@ -541,13 +544,19 @@ class Detector:
         """Hand one poll to the engine side (as columns, one part per partition)."""
         assert self.engine is not None
         t0 = time.perf_counter()
-        lists = [recs for recs in records.values() if recs]
-        parts = [Part.of(recs[0].topic, recs[0].partition, recs) for recs in lists]
-        next_offsets = {(p.topic, p.partition): p.offsets[-1] + 1 for p in parts}
         # Only columns are kept, not the records: fewer objects live on to the older GC
         # generations while a poll is in flight.
-        flat = (r.headers for recs in lists for r in recs)
-        headers = {i: h for i, h in enumerate(flat) if h}
+        parts: list[Part] = []
+        headers: dict[int, Any] = {}  # position in the poll -> the record's headers, if any
+        for recs in records.values():
+            if not recs:
+                continue
+            part, hdrs = Part.split(recs[0].topic, recs[0].partition, recs)
+            if any(hdrs):
+                base = sum(len(p) for p in parts)
+                headers.update((base + i, h) for i, h in enumerate(hdrs) if h)
+            parts.append(part)
+        next_offsets = {(p.topic, p.partition): p.offsets[-1] + 1 for p in parts}
         self.engine.submit(parts)
         self._inflight.append(_InFlight(parts, headers, next_offsets, time.perf_counter() - t0))
 

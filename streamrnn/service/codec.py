@@ -93,6 +93,9 @@ class Reject:
     record: Any = None  # the record itself, when :meth:`Decoder.decode` was given records
 
 
+_RECORD_FIELDS = {"offset", "timestamp", "key", "value", "headers"}
+
+
 @dataclass
 class Part:
     """One partition's records of a poll, as columns: what crosses to the engine process.
@@ -111,6 +114,29 @@ class Part:
     @classmethod
     def of(cls, topic: str, partition: int, records: Sequence[Any]) -> Part:
         """The columns of records of one partition (kafka-python ``ConsumerRecord``s or alike)."""
+        return cls.split(topic, partition, records)[0]
+
+    @classmethod
+    def split(
+        cls, topic: str, partition: int, records: Sequence[Any]
+    ) -> tuple[Part, Sequence[Any]]:
+        """The columns of records of one partition, and their headers as one more column.
+
+        Named tuples (kafka-python's ``ConsumerRecord``) are transposed in one ``zip``; other
+        records are read attribute by attribute."""
+        first = records[0] if records else None
+        fields = getattr(type(first), "_fields", None)
+        if isinstance(first, tuple) and fields is not None and set(fields) >= _RECORD_FIELDS:
+            cols = list(zip(*records, strict=True))
+            at = fields.index
+            return cls(
+                topic,
+                partition,
+                cols[at("offset")],
+                cols[at("timestamp")],
+                cols[at("key")],
+                cols[at("value")],
+            ), cols[at("headers")]
         return cls(
             topic,
             partition,
@@ -118,7 +144,7 @@ class Part:
             [r.timestamp for r in records],
             [r.key for r in records],
             [r.value for r in records],
-        )
+        ), [getattr(r, "headers", None) for r in records]
 
     def __len__(self) -> int:
         return len(self.offsets)
