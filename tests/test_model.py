@@ -90,3 +90,22 @@ def test_gaussian_nll_masks() -> None:
     target = torch.tensor([[0.0, 0.0, 100.0], [0.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, False], [True, True, True]])
     assert gaussian_nll(mean, scale, target, mask).item() == pytest.approx(0.9189385, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(7,), (300, 64), (1000, 256)], ids=["small", "mid", "wave"])
+def test_tanh_paths_agree_with_torch(shape: tuple[int, ...]) -> None:
+    from streamrnn.model import tanh
+
+    torch.manual_seed(2)
+    x = torch.randn(*shape) * 4
+    x.view(-1)[:3] = torch.tensor([0.0, float("inf"), -float("inf")])
+    want = torch.tanh(x)
+    with torch.no_grad():  # the NumPy kernel, also over a strided slice
+        torch.testing.assert_close(tanh(x), want, atol=0, rtol=3e-7)
+        if x.dim() == 2:
+            torch.testing.assert_close(tanh(x[:, 1::2]), want[:, 1::2], atol=0, rtol=3e-7)
+    xg = x.clone().requires_grad_(True)  # a gradient: torch's own
+    y = tanh(xg)
+    torch.testing.assert_close(y.detach(), want, atol=0, rtol=3e-7)
+    y.sum().backward()
+    torch.testing.assert_close(xg.grad, 1 - want**2, atol=1e-6, rtol=1e-5)
