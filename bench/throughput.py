@@ -248,6 +248,7 @@ def _consumer(bootstrap: str, topic: str, max_poll_records: int, fast: bool = Fa
         max_poll_records=max_poll_records,
         fetch_max_wait_ms=svc.fetch_max_wait_ms,
         max_partition_fetch_bytes=svc.max_partition_fetch_bytes,
+        retry_backoff_ms=svc.client_retry_backoff_ms,
     )
     if fast and not install(c):
         raise RuntimeError("the fast record reader does not work with this kafka-python")

@@ -196,6 +196,10 @@ class ServiceConfig:
     max_partition_fetch_bytes: int = _rule(
         65_536, lambda x: x >= 1024, "must be an integer >= 1024"
     )
+    # kafka-python's retry_backoff_ms: the consumer's wait before retrying after an error, and
+    # also how long its poll sleeps when no fetch is in flight (100 ms by kafka-python's default:
+    # a 100 ms stall for events that arrive meanwhile).
+    client_retry_backoff_ms: int = _rule(10, _pos, "must be an integer >= 1")
     # kafka-python's rebalance timeout is max_poll_interval_ms: a group's first join waits for it.
     max_poll_interval_ms: int = _rule(300_000, lambda x: x >= 1000, "must be an integer >= 1000")
     session_timeout_ms: int = _rule(10_000, lambda x: x >= 1000, "must be an integer >= 1000")

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 
+
 def tanh(x: Tensor) -> Tensor:
     """The hyperbolic tangent; on CPU by NumPy's kernel where no gradient is needed.
 

@@ -291,6 +291,7 @@ class Detector:
                     session_timeout_ms=svc.session_timeout_ms,
                     heartbeat_interval_ms=svc.heartbeat_interval_ms,
                     bootstrap_timeout_ms=10_000,
+                    retry_backoff_ms=svc.client_retry_backoff_ms,
                 )
                 if svc.fast_record_reader:
                     install_record_reader(self._consumer)
