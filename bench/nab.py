@@ -5,10 +5,10 @@ Protocols:
   of the other categories, then replay the category's files with it. The scored files are never
   seen in training; each file's own probationary rows and what the detector learns online while
   streaming (normaliser and calibration) are the only things it learns from them.
-- ``synthetic``: train once on generated sensor and energy streams (streamrnn.synth, no NAB data),
+- ``synthetic``: train once on generated sensor and energy streams (streamrnn.tools.synth, no NAB data),
   then replay every NAB file.
 
-Results are scored with NAB's rules (streamrnn.evaluate) and printed; ``--json`` saves them.
+Results are scored with NAB's rules (streamrnn.offline.evaluate) and printed; ``--json`` saves them.
 
 Data: ../shared/data/nab-dev on the project's machines, or set STREAMRNN_NAB_DIR to a folder laid
 out like NAB's repository (``data/<category>/<file>.csv`` and ``labels/combined_windows.json``:
@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from streamrnn import synth
 from streamrnn.config import load_config
-from streamrnn.data import Series, load_series, summarize_series
-from streamrnn.engine import Engine
-from streamrnn.evaluate import evaluate_dir, format_table
-from streamrnn.modeldir import load_model, save_model
-from streamrnn.replay import replay_series, write_results
-from streamrnn.training import train
+from streamrnn.detector.engine import Engine
+from streamrnn.detector.modeldir import load_model, save_model
+from streamrnn.offline.data import Series, load_series, summarize_series
+from streamrnn.offline.evaluate import evaluate_dir, format_table
+from streamrnn.offline.replay import replay_series, write_results
+from streamrnn.offline.training import train
+from streamrnn.tools import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 

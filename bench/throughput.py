@@ -7,7 +7,7 @@ One run, on one broker and one topic (the embedded Tansu broker unless ``--boots
 2. **bare**: a kafka-python consumer that only polls and decodes each record with orjson, the
    ceiling of one Python process on this broker;
 3. **detector**: the real :class:`streamrnn.service.app.Detector` (a randomly initialised model
-   written with :func:`streamrnn.modeldir.save_model`) consuming the same topic in its own
+   written with :func:`streamrnn.detector.modeldir.save_model`) consuming the same topic in its own
    consumer group, its engine side in a child process (``--engine inline`` keeps it in the
    thread); events/s from its ``streamrnn_events_total`` counter between its first batch and
    the last event;
@@ -377,9 +377,9 @@ def naive_loop(
 def write_model(out: Path, cell: str, hidden: int, layers: int, seed: int) -> Path:
     """A randomly initialised forecaster in a model directory (save_model's format)."""
     from streamrnn.config import load_config
-    from streamrnn.features import N_CALENDAR
-    from streamrnn.model import Forecaster
-    from streamrnn.modeldir import save_model
+    from streamrnn.detector.features import N_CALENDAR
+    from streamrnn.detector.model import Forecaster
+    from streamrnn.detector.modeldir import save_model
 
     cfg = load_config(
         None,
@@ -526,7 +526,7 @@ def memory_figures(engine: Any, stats: Any = None) -> dict[str, Any]:
 
     ``stats`` (the detector's engine side's :class:`~streamrnn.service.worker.Stats`) gives the
     resident keys and allocated bytes when the store itself is in another process."""
-    from streamrnn.engine import state_fields
+    from streamrnn.detector.engine import state_fields
 
     store = engine.store
     keys = stats.resident if stats is not None else len(store)
@@ -553,7 +553,7 @@ def detector_memory(det: RunningDetector) -> dict[str, Any]:
     """:func:`memory_figures` of a running detector: its engine side reports resident keys and
     store bytes; the row layout and the host index are measured on an engine of the same model
     and config in this process, fed as many keys (the engine side may be another process)."""
-    from streamrnn.engine import Engine
+    from streamrnn.detector.engine import Engine
 
     d = det.detector
     assert d.engine is not None
@@ -823,7 +823,7 @@ def bare_latency_run(
 ) -> dict[str, Any]:
     """The floor under the detector's latency: the paced producer into a fresh topic, read by the
     bare loop (poll and orjson), each event's lag taken when its poll returns."""
-    from streamrnn.broker import create_topics
+    from streamrnn.tools.broker import create_topics
 
     create_topics(bootstrap, {topic: partitions})
     c = _consumer(bootstrap, topic, 5000)
@@ -921,9 +921,9 @@ def _step_one(
     """``Engine.process`` of one event for each of ``k`` resident keys (keys to rows, waves, the
     step, results back on the host), and the per-wave device step alone (``Engine.step_wave``)."""
     from streamrnn.config import load_config
-    from streamrnn.engine import Engine
-    from streamrnn.features import N_CALENDAR, calendar_features
-    from streamrnn.model import Forecaster
+    from streamrnn.detector.engine import Engine
+    from streamrnn.detector.features import N_CALENDAR, calendar_features
+    from streamrnn.detector.model import Forecaster
 
     cfg = load_config(
         None,
@@ -1137,15 +1137,15 @@ def _broker(bootstrap: str | None) -> Iterator[str]:
     if bootstrap:
         yield bootstrap
         return
-    from streamrnn.broker import EmbeddedBroker
+    from streamrnn.tools.broker import EmbeddedBroker
 
     with EmbeddedBroker() as b:
         yield b.bootstrap_servers
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    from streamrnn.broker import create_topics
-    from streamrnn.modeldir import resolve_device
+    from streamrnn.detector.modeldir import resolve_device
+    from streamrnn.tools.broker import create_topics
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamrnn.broker import BrokerNotInstalledError, EmbeddedBroker, find_tansu
+from streamrnn.tools.broker import BrokerNotInstalledError, EmbeddedBroker, find_tansu
 
 
 @pytest.fixture(scope="session")

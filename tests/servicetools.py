@@ -42,11 +42,11 @@ def model_dir() -> Path:
 
 
 def _train(out: Path) -> Path:
-    from streamrnn import synth
     from streamrnn.config import load_config
-    from streamrnn.data import Series
-    from streamrnn.modeldir import save_model
-    from streamrnn.training import train
+    from streamrnn.detector.modeldir import save_model
+    from streamrnn.offline.data import Series
+    from streamrnn.offline.training import train
+    from streamrnn.tools import synth
 
     cfg = load_config(
         {
@@ -100,7 +100,7 @@ def make_events(
 
     ``spikes`` are ``(key index, step)`` pairs where a large spike (40 key scales) is added.
     """
-    from streamrnn import synth
+    from streamrnn.tools import synth
 
     streams = synth.generate(
         "sensor", n_keys, n_steps, interval_s=300, seed=seed, anomalies=(), key_prefix=f"k{seed}"
@@ -283,7 +283,7 @@ def reference(
     """Scores, predictions (N,) and flags of an uninterrupted run: the engine over all events,
     configured exactly as the detector configures it."""
     from streamrnn.config import load_config
-    from streamrnn.engine import Engine
+    from streamrnn.detector.engine import Engine
     from streamrnn.service.app import Detector
 
     d = Detector(load_config(raw_config))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from streamrnn import benchcmd
-from streamrnn.benchcmd import load_benchmark
-from streamrnn.broker import EmbeddedBroker
+from streamrnn.cli import bench as benchcmd
+from streamrnn.cli.bench import load_benchmark
+from streamrnn.tools.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.kafka
 
@@ -79,7 +79,7 @@ def test_quick_benchmark_produces_figures(
 def test_cli_bench_command_is_registered() -> None:
     from streamrnn.cli import COMMANDS, build_parser
 
-    assert COMMANDS["bench"][0] == "streamrnn.benchcmd"
+    assert COMMANDS["bench"][0] == "streamrnn.cli.bench"
     assert "bench" in build_parser()[0].format_help()
 
     parser = argparse.ArgumentParser()

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from streamrnn import broker as broker_mod
-from streamrnn.broker import (
+from streamrnn.tools import broker as broker_mod
+from streamrnn.tools.broker import (
     BrokerError,
     BrokerNotInstalledError,
     EmbeddedBroker,

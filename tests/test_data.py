@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrnn.data import Series, count_missing, load_series, parse_timestamp, summarize_series
+from streamrnn.offline.data import (
+    Series,
+    count_missing,
+    load_series,
+    parse_timestamp,
+    summarize_series,
+)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -81,7 +87,7 @@ def test_missing_values_become_nan_and_are_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     text = "timestamp,a,b\n0,1,\n60,oops,2\n120,nan,3\n180,4,inf\n"
-    with caplog.at_level(logging.WARNING, logger="streamrnn.data"):
+    with caplog.at_level(logging.WARNING, logger="streamrnn.offline.data"):
         (s,) = load_series(_write(tmp_path / "m.csv", text))
     assert np.isnan(s.values[0, 1]) and np.isnan(s.values[1, 0]) and np.isnan(s.values[2, 0])
     assert np.isnan(s.values[3, 1])

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from streamrnn.config import Config, load_config
-from streamrnn.engine import Engine, Results, wave_order
-from streamrnn.model import Forecaster
+from streamrnn.detector.engine import Engine, Results, wave_order
+from streamrnn.detector.model import Forecaster
 
 
 def make_stream(

@@ -1,4 +1,4 @@
-"""Tests of streamrnn.evaluate: NAB scoring, event metrics, loading and the CLI.
+"""Tests of streamrnn.offline.evaluate: NAB scoring, event metrics, loading and the CLI.
 
 Hand-computed cases use one file of N = 100 rows, one row per minute, so the probationary
 period is min(floor(0.15 * 100), 750) = 15 rows, and one window over rows 40..49 (L = 10).
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrnn import evaluate as ev
+from streamrnn.offline import evaluate as ev
 
 T0 = np.datetime64("2020-01-01T00:00:00", "us")
 MINUTE = np.timedelta64(60_000_000, "us")
@@ -204,7 +204,7 @@ def test_null_and_perfect_detectors_normalise_to_0_and_100() -> None:
 
 def test_results_without_label_key_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
     results = {"cat/f.csv": make_result(hits={40: 1.0}), "other/g.csv": make_result(hits={1: 1.0})}
-    with caplog.at_level(logging.WARNING, logger="streamrnn.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="streamrnn.offline.evaluate"):
         s = ev.score_corpus(results, ONE_WINDOW)["standard"]
     assert s.normalised == pytest.approx(100.0)
     assert "other/g.csv" in caplog.text
@@ -375,7 +375,7 @@ def test_load_result_utc_offset_and_errors(tmp_path: Path) -> None:
 
 def test_evaluate_dir_report_and_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     res, labels = _corpus(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="streamrnn.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="streamrnn.offline.evaluate"):
         report = ev.evaluate_dir(res, labels)
     assert "cat/missing.csv" in caplog.text  # label key without result
     assert "deep/er/stray.csv" in caplog.text  # result without label key

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from streamrnn.config import ModelConfig
-from streamrnn.model import Forecaster, GRUCell, LSTMCell, gaussian_nll
+from streamrnn.detector.model import Forecaster, GRUCell, LSTMCell, gaussian_nll
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -94,7 +94,7 @@ def test_gaussian_nll_masks() -> None:
 
 @pytest.mark.parametrize("shape", [(7,), (300, 64), (1000, 256)], ids=["small", "mid", "wave"])
 def test_tanh_paths_agree_with_torch(shape: tuple[int, ...]) -> None:
-    from streamrnn.model import tanh
+    from streamrnn.detector.model import tanh
 
     torch.manual_seed(2)
     x = torch.randn(*shape) * 4

@@ -34,7 +34,7 @@ from servicetools import (
     wait_for,
 )
 
-from streamrnn.broker import create_topics
+from streamrnn.tools.broker import create_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.prometheus, pytest.mark.slow]
 

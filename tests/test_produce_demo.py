@@ -15,10 +15,10 @@ import numpy as np
 import orjson
 import pytest
 
-from streamrnn import demo_model
 from streamrnn.cli import main
-from streamrnn.demo import score_alerts
-from streamrnn.produce import (
+from streamrnn.tools import demo_model
+from streamrnn.tools.demo import score_alerts
+from streamrnn.tools.produce import (
     InjectedAnomaly,
     SyntheticStream,
     TokenBucket,
@@ -110,7 +110,7 @@ def test_synthetic_stream_cycles_with_time_moving_on():
 
 
 def test_csv_messages_loop_moves_time_on():
-    from streamrnn.data import Series
+    from streamrnn.offline.data import Series
 
     s = Series("k", "k.csv", ["", ""], np.array([0.0, 60.0]), np.array([[1.0], [2.0]]), ("value",))
     msgs = [orjson.loads(v) for _, v in itertools.islice(csv_messages([s], loop=True), 5)]
@@ -119,7 +119,7 @@ def test_csv_messages_loop_moves_time_on():
 
 
 def test_demo_model_is_shipped_and_loads():
-    from streamrnn.modeldir import load_model
+    from streamrnn.detector.modeldir import load_model
 
     d = demo_model.path()
     files = {p.name for p in d.iterdir()}
@@ -247,7 +247,7 @@ def test_produce_csv_replay(
 
 @pytest.mark.kafka
 def test_produce_events_respects_the_rate(kafka_broker: Any, topic_name: str):
-    from streamrnn.broker import create_topics
+    from streamrnn.tools.broker import create_topics
 
     create_topics(kafka_broker.bootstrap_servers, {topic_name: 1})
     n, rate = 150, 100.0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamrnn.cli import main
-from streamrnn.synth import noisy_sine
+from streamrnn.tools.synth import noisy_sine
 
 CONFIG = """\
 model: {hidden_size: 24, num_layers: 1, dropout: 0.0}

@@ -1,4 +1,4 @@
-"""streamrnn.service.codec and .checkpoint without a broker: the number and reject policy, the
+"""streamrnn.service.decode and .checkpoint without a broker: the number and reject policy, the
 message formats, checkpoint framing and the local store."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from streamrnn.service.checkpoint import (
     decode,
     encode,
 )
-from streamrnn.service.codec import Decoder, dlq_headers, event_messages, iso_times
+from streamrnn.service.decode import Decoder, dlq_headers, event_messages, iso_times
 from streamrnn.service.metrics import REJECT_REASONS
 
 T0 = 1_700_000_000.0

@@ -25,10 +25,10 @@ from servicetools import (
     wait_for,
 )
 
-from streamrnn.broker import EmbeddedBroker, create_topics
 from streamrnn.service import app
 from streamrnn.service.checkpoint import LocalCheckpoints
 from streamrnn.service.worker import ProcessEngine
+from streamrnn.tools.broker import EmbeddedBroker, create_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -238,8 +238,8 @@ def _resave(model_path: Path, *, seed: int, hidden: int | None = None) -> None:
     an untrained one of another hidden size (incompatible with the live state)."""
     import dataclasses
 
-    from streamrnn.model import Forecaster
-    from streamrnn.modeldir import load_model, save_model
+    from streamrnn.detector.model import Forecaster
+    from streamrnn.detector.modeldir import load_model, save_model
 
     time.sleep(0.05)  # a distinct mtime for model.json
     loaded = load_model(model_path)

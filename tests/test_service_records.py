@@ -21,9 +21,9 @@ from kafka.record.memory_records import MemoryRecords
 from kafka.record.util import calc_crc32c
 from kafka.structs import TopicPartition
 
-from streamrnn.broker import EmbeddedBroker, create_topics
 from streamrnn.service import records as reader
-from streamrnn.service.codec import Part
+from streamrnn.service.decode import Part
+from streamrnn.tools.broker import EmbeddedBroker, create_topics
 
 TP = TopicPartition("t", 2)
 FAST: Any = reader._partition_records_class()

@@ -29,7 +29,6 @@ from servicetools import (
     write_config,
 )
 
-from streamrnn.broker import EmbeddedBroker, create_topics
 from streamrnn.cli import main
 from streamrnn.service.checkpoint import (
     CheckpointStore,
@@ -37,6 +36,7 @@ from streamrnn.service.checkpoint import (
     LocalCheckpoints,
     encode,
 )
+from streamrnn.tools.broker import EmbeddedBroker, create_topics
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from servicetools import event_json, make_events, model_dir, service_config
 from streamrnn.config import load_config
 from streamrnn.service.app import Detector
 from streamrnn.service.checkpoint import offsets_key
-from streamrnn.service.codec import Part
+from streamrnn.service.decode import Part
 from streamrnn.service.worker import (
     EngineCallError,
     EngineGone,
@@ -203,7 +203,7 @@ def test_run_flags_choose_the_engine_side() -> None:
     """`streamrnn run` runs the engine process by default; --one-process keeps one process."""
     import argparse
 
-    from streamrnn.service.cli import add_arguments, overrides_from
+    from streamrnn.cli.run import add_arguments, overrides_from
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamrnn.state import FieldSpec, StateStore
+from streamrnn.detector.state import FieldSpec, StateStore
 
 FIELDS = {
     "h": FieldSpec((2, 3), torch.float32),

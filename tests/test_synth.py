@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrnn.synth import (
+from streamrnn.tools.synth import (
     ANOMALY_KINDS,
     Anomaly,
     SyntheticSeries,

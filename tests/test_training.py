@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from streamrnn.config import Config, load_config
-from streamrnn.data import Series, load_series
-from streamrnn.features import N_CALENDAR, normalize_series
-from streamrnn.modeldir import load_model, resolve_device, save_model
-from streamrnn.training import (
+from streamrnn.detector.features import N_CALENDAR, normalize_series
+from streamrnn.detector.modeldir import load_model, resolve_device, save_model
+from streamrnn.offline.data import Series, load_series
+from streamrnn.offline.training import (
     TrainResult,
     _lanes,
     _prepare,

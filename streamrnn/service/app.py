@@ -71,7 +71,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from ..config import Config, ConfigError, dump_config
-from ..modeldir import INFO, LoadedModel, load_model, resolve_device
+from ..detector.modeldir import INFO, LoadedModel, load_model, resolve_device
 from .checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -81,7 +81,7 @@ from .checkpoint import (
     offsets_key,
 )
 from .clients import Backoff, ensure_topics
-from .codec import Part, dlq_headers
+from .decode import Part, dlq_headers
 from .metrics import Metrics, MetricsServer, start_http
 from .records import install as install_record_reader
 from .validate import validate_service_config

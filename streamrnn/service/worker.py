@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..engine import Engine
-from ..modeldir import LoadedModel, load_model
+from ..detector.engine import Engine
+from ..detector.modeldir import LoadedModel, load_model
 from .checkpoint import offsets_key
-from .codec import Batch, Decoder, Part, event_messages, iso_times
+from .decode import Batch, Decoder, Part, event_messages, iso_times
 
 __all__ = [
     "EngineCallError",

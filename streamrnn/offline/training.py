@@ -43,11 +43,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config
+from ..detector.features import N_CALENDAR, calendar_features, normalize_series
+from ..detector.model import Forecaster, gaussian_nll
+from ..detector.modeldir import resolve_device, save_model
 from .data import Series, count_missing, load_series, summarize_series
-from .features import N_CALENDAR, calendar_features, normalize_series
-from .model import Forecaster, gaussian_nll
-from .modeldir import resolve_device, save_model
 
 logger = logging.getLogger(__name__)
 

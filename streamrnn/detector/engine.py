@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..config import Config
 from . import scoring
-from .config import Config
 from .features import N_CALENDAR, calendar_features, normalize, update_normalizer
 from .model import Forecaster
 from .state import FieldSpec, StateStore

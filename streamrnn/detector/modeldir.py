@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .config import Config, ConfigError, dump_config, load_config
+from .. import __version__
+from ..config import Config, ConfigError, dump_config, load_config
 from .features import N_CALENDAR, STD_ABS_FLOOR, STD_REL_FLOOR
 from .model import Forecaster
 

@@ -577,7 +577,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
 
-if __name__ == "__main__":  # python -m streamrnn.broker
-    _parser = argparse.ArgumentParser(prog="python -m streamrnn.broker")
+if __name__ == "__main__":  # python -m streamrnn.tools.broker
+    _parser = argparse.ArgumentParser(prog="python -m streamrnn.tools.broker")
     add_arguments(_parser)
     raise SystemExit(run(_parser.parse_args()))

@@ -11,20 +11,32 @@ import importlib
 import logging
 import sys
 
-from . import __version__
+from .. import __version__
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("streamrnn.training", "train a forecaster on CSV history"),
-    "replay": ("streamrnn.replay", "score CSV history exactly as the live service would"),
-    "eval": ("streamrnn.evaluate", "NAB and event-level scores of replay results against labels"),
-    "check-config": ("streamrnn.checkconfig", "validate a config file and print it resolved"),
-    "broker": ("streamrnn.broker", "run the embedded Kafka-compatible broker in the foreground"),
-    "run": ("streamrnn.service.cli", "the Kafka detector daemon: score streams, publish alerts"),
-    "produce": ("streamrnn.produce", "replay CSV files or generate synthetic streams into a topic"),
-    "demo": ("streamrnn.demo", "the one-command tour: broker, generator, model, detector, alerts"),
+    "train": ("streamrnn.offline.training", "train a forecaster on CSV history"),
+    "replay": ("streamrnn.offline.replay", "score CSV history exactly as the live service would"),
+    "eval": (
+        "streamrnn.offline.evaluate",
+        "NAB and event-level scores of replay results against labels",
+    ),
+    "check-config": ("streamrnn.cli.check_config", "validate a config file and print it resolved"),
+    "broker": (
+        "streamrnn.tools.broker",
+        "run the embedded Kafka-compatible broker in the foreground",
+    ),
+    "run": ("streamrnn.cli.run", "the Kafka detector daemon: score streams, publish alerts"),
+    "produce": (
+        "streamrnn.tools.produce",
+        "replay CSV files or generate synthetic streams into a topic",
+    ),
+    "demo": (
+        "streamrnn.tools.demo",
+        "the one-command tour: broker, generator, model, detector, alerts",
+    ),
     "bench": (
-        "streamrnn.benchcmd",
+        "streamrnn.cli.bench",
         "throughput, latency and memory against the Kafka client's ceiling",
     ),
 }

@@ -867,7 +867,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``streamrnn eval`` (also ``python -m streamrnn.evaluate``)."""
+    """Entry point of ``streamrnn eval`` (also ``python -m streamrnn.offline.evaluate``)."""
     parser = argparse.ArgumentParser(prog="streamrnn eval")
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -1,9 +1,9 @@
 """A small forecaster shipped inside the package, so ``streamrnn demo`` needs no training step.
 
-The directory holds a model directory as :func:`streamrnn.modeldir.save_model` writes it
+The directory holds a model directory as :func:`streamrnn.detector.modeldir.save_model` writes it
 (``weights.pt``, ``config.yaml``, ``model.json``, ``normalization.json``): an LSTM with 2 layers
 of 32 units and calendar inputs, trained on anomaly-free synthetic sensor and energy-demand
-streams (:mod:`streamrnn.synth`, 5-minute readings). It is rebuilt, reproducibly, by::
+streams (:mod:`streamrnn.tools.synth`, 5-minute readings). It is rebuilt, reproducibly, by::
 
     python -m streamrnn.demo_model.build
 
@@ -20,5 +20,5 @@ __all__ = ["path"]
 
 
 def path() -> Path:
-    """The directory of the shipped demo model (loadable with :func:`streamrnn.modeldir.load_model`)."""
+    """The directory of the shipped demo model (loadable with :func:`streamrnn.detector.modeldir.load_model`)."""
     return Path(__file__).resolve().parent

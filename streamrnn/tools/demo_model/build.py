@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from ...config import Config, load_config
+from ...detector.modeldir import save_model
+from ...offline.data import Series
+from ...offline.training import train
 from .. import synth
-from ..config import Config, load_config
-from ..data import Series
-from ..modeldir import save_model
-from ..training import train
 from . import path
 
 logger = logging.getLogger(__name__)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config
+from ..detector.engine import Engine, Results
+from ..detector.modeldir import load_model, resolve_device
 from .data import Series, load_series
-from .engine import Engine, Results
-from .modeldir import load_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def resolve_replay_config(model_config: Config, args: argparse.Namespace) -> Con
     """The model's config, with the user's file and flags on top for what replay may change."""
     base = model_config.to_dict()
     if args.config:
-        from .config import read_yaml
+        from ..config import read_yaml
 
         user = read_yaml(args.config)
         for section in ("scoring", "features", "state", "input"):

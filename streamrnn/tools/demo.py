@@ -72,9 +72,9 @@ STATUS_EVERY_S = 5.0
 QUIET_LOGGERS = {
     "kafka": logging.ERROR,  # "task ran for 0.1 s" warnings on a busy CPU; errors at shutdown
     "streamrnn.service": logging.WARNING,  # the resolved config, partition assignments
-    "streamrnn.broker": logging.WARNING,
-    "streamrnn.produce": logging.WARNING,
-    "streamrnn.modeldir": logging.WARNING,
+    "streamrnn.tools.broker": logging.WARNING,
+    "streamrnn.tools.produce": logging.WARNING,
+    "streamrnn.detector.modeldir": logging.WARNING,
 }
 
 EPILOG = """\
@@ -522,9 +522,9 @@ class _Demo:
         """The detector, constructed in this thread (model load, config checks); None on error."""
         from prometheus_client import CollectorRegistry
 
+        from ..config import ConfigError, load_config
+        from ..service.app import Detector
         from . import demo_model
-        from .config import ConfigError, load_config
-        from .service.app import Detector
 
         args = self.args
         model = args.model if args.model is not None else demo_model.path()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..detector.engine import Results
 from .data import Series
-from .engine import Results
 
 
 def plot_file(

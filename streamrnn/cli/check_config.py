@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError, dump_config, load_config
+from ..config import ConfigError, dump_config, load_config
 
 EPILOG = "example:\n  streamrnn check-config config/default.yaml"
 

@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from .config import ScoringConfig
+from ..config import ScoringConfig
 
 # Per-key scorer state columns.
 SHORT, LONG_MEAN, LONG_VAR, COUNT = range(4)

@@ -64,7 +64,7 @@ import numpy as np
 import orjson
 
 from ..config import InputConfig
-from ..data import parse_timestamp
+from ..offline.data import parse_timestamp
 
 __all__ = [
     "Batch",

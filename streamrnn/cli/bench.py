@@ -34,7 +34,7 @@ def load_benchmark() -> ModuleType | None:
         return importlib.import_module("bench.throughput")
     except ImportError:
         pass
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / "bench" / "throughput.py").is_file():
         return None
     sys.path.insert(0, str(root))

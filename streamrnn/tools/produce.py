@@ -10,7 +10,7 @@ Sources:
 - ``--csv PATH...``: files or directories in the layouts ``streamrnn train`` reads (one file per
   key, or a long format with ``--key-column``), replayed in time order; ``--start`` moves them in
   time; ``--loop`` starts over with the times moved on by the data's span.
-- ``--synthetic sensor|energy|mixed``: :mod:`streamrnn.synth` streams (daily and weekly
+- ``--synthetic sensor|energy|mixed``: :mod:`streamrnn.tools.synth` streams (daily and weekly
   seasonality, noise, per-key scales) with injected anomalies (spikes, level shifts, stuck
   values, drifts) after a clean prefix, every ``--interval-s`` seconds of event time from
   ``--start``. Without ``--steps`` the stream never ends: a week of readings is cycled with time
@@ -285,7 +285,7 @@ def _parse_start(text: str) -> float:
     """``--start`` as epoch seconds: ISO 8601 (naive = UTC), epoch seconds, or ``now``."""
     if text.strip().lower() == "now":
         return float(math.floor(time.time()))
-    from .data import parse_timestamp
+    from ..offline.data import parse_timestamp
 
     try:
         return parse_timestamp(text)
@@ -499,7 +499,7 @@ def csv_messages(
     loop: bool = False,
     start: float | None = None,
 ) -> Iterator[Message]:
-    """Messages of :class:`streamrnn.data.Series` interleaved in time order (ties: input order).
+    """Messages of :class:`streamrnn.offline.data.Series` interleaved in time order (ties: input order).
 
     ``start`` moves every time so that the earliest is ``start``; ``loop`` repeats forever, each
     pass later by the data's span plus its smallest time step.
@@ -761,7 +761,7 @@ def run(args: argparse.Namespace) -> int:
                 + (", looping" if args.loop and args.steps else "")
             )
         else:
-            from .data import load_series
+            from ..offline.data import load_series
 
             columns = args.value_columns.split(",") if args.value_columns else None
             series = load_series(

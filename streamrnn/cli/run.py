@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines drown ours
     try:
         config = load_config(args.config, overrides=overrides_from(args))
-        from .app import Detector  # imports torch: after the cheap checks
+        from ..service.app import Detector  # imports torch: after the cheap checks
 
         return Detector(config).run()
     except ConfigError as e:

@@ -1,0 +1,1 @@
+"""Demo and test tools: the embedded broker, synthetic streams, the producer, the demo tour and its shipped model."""
