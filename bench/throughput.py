@@ -553,12 +553,12 @@ def detector_memory(det: RunningDetector) -> dict[str, Any]:
     """:func:`memory_figures` of a running detector: its engine side reports resident keys and
     store bytes; the row layout and the host index are measured on an engine of the same model
     and config in this process, fed as many keys (the engine side may be another process)."""
-    from streamrnn.detector.engine import Engine
+    from streamrnn.service.worker import EngineSide
 
     d = det.detector
     assert d.engine is not None
     stats = d.engine.stats
-    engine = Engine(d.loaded.model, d.config, device=d.device, model_version=d.loaded.version)
+    engine = EngineSide(d.settings).engine
     names = [f"key-{i:05d}" for i in range(stats.resident)]
     engine.process(names, np.full(len(names), T0), np.ones((len(names), 1), dtype=np.float32))
     return memory_figures(engine, stats)

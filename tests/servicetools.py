@@ -283,11 +283,10 @@ def reference(
     """Scores, predictions (N,) and flags of an uninterrupted run: the engine over all events,
     configured exactly as the detector configures it."""
     from streamrnn.config import load_config
-    from streamrnn.detector.engine import Engine
     from streamrnn.service.app import Detector
+    from streamrnn.service.worker import EngineSide
 
-    d = Detector(load_config(raw_config))
-    engine = Engine(d.loaded.model, d.config, device=d.device, model_version=d.loaded.version)
+    engine = EngineSide(Detector(load_config(raw_config)).settings).engine
     keys = [e.key for e in events]
     times = np.array([e.ts for e in events], dtype=np.float64)
     values = np.array([[e.value] for e in events], dtype=np.float32)

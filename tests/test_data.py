@@ -12,9 +12,9 @@ from streamrnn.offline.data import (
     Series,
     count_missing,
     load_series,
-    parse_timestamp,
     summarize_series,
 )
+from streamrnn.times import parse_timestamp
 
 
 def _write(path: Path, text: str) -> Path:

@@ -10,13 +10,12 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamrnn.service.http import MetricsServer, start_http
 from streamrnn.service.metrics import (
     ANOMALY_SCORE_BUCKETS,
     REJECT_REASONS,
     Metrics,
-    MetricsServer,
     observe_many,
-    start_http,
 )
 
 EXPECTED_TYPES = {

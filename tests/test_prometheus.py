@@ -30,7 +30,8 @@ from promtools import (
     rule_queries,
 )
 
-from streamrnn.service.metrics import REJECT_REASONS, Metrics, MetricsServer, start_http
+from streamrnn.service.http import MetricsServer, start_http
+from streamrnn.service.metrics import REJECT_REASONS, Metrics
 
 pytestmark = pytest.mark.prometheus
 

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from streamrnn.config import InputConfig
+from streamrnn.service.alerts import dlq_headers, event_messages
 from streamrnn.service.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -21,8 +22,9 @@ from streamrnn.service.checkpoint import (
     decode,
     encode,
 )
-from streamrnn.service.decode import Decoder, dlq_headers, event_messages, iso_times
+from streamrnn.service.decode import Decoder
 from streamrnn.service.metrics import REJECT_REASONS
+from streamrnn.times import iso_times
 
 T0 = 1_700_000_000.0
 

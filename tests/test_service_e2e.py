@@ -27,7 +27,7 @@ from servicetools import (
 
 from streamrnn.service import app
 from streamrnn.service.checkpoint import LocalCheckpoints
-from streamrnn.service.worker import ProcessEngine
+from streamrnn.service.engine_process import ProcessEngine
 from streamrnn.tools.broker import EmbeddedBroker, create_topics
 
 pytestmark = pytest.mark.kafka

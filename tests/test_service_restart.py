@@ -32,10 +32,10 @@ from servicetools import (
 from streamrnn.cli import main
 from streamrnn.service.checkpoint import (
     CheckpointStore,
-    KafkaCheckpoints,
     LocalCheckpoints,
     encode,
 )
+from streamrnn.service.state_topic import KafkaCheckpoints
 from streamrnn.tools.broker import EmbeddedBroker, create_topics
 
 
@@ -267,9 +267,9 @@ def test_state_topic_keeps_the_latest_checkpoint(
 ) -> None:
     from kafka import KafkaProducer
 
-    from streamrnn.service import checkpoint
+    from streamrnn.service import state_topic
 
-    monkeypatch.setattr(checkpoint, "CHUNK_BYTES", 1000)  # several chunks per checkpoint
+    monkeypatch.setattr(state_topic, "CHUNK_BYTES", 1000)  # several chunks per checkpoint
     bs = kafka_broker.bootstrap_servers
     state_topic = f"{topic_name}.state"
     producer = KafkaProducer(bootstrap_servers=bs, acks="all")

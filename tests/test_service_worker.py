@@ -1,4 +1,4 @@
-"""streamrnn.service.worker without a broker: the engine side in a child process gives what it
+"""streamrnn.service.worker and .engine_process without a broker: the engine side in a child process gives what it
 gives inline, reports failures as errors, and dies loudly."""
 
 from __future__ import annotations
@@ -12,27 +12,23 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-import torch
 from servicetools import event_json, make_events, model_dir, service_config
 
 from streamrnn.config import load_config
 from streamrnn.service.app import Detector
-from streamrnn.service.checkpoint import offsets_key
 from streamrnn.service.decode import Part
-from streamrnn.service.worker import (
+from streamrnn.service.engine_process import (
     EngineCallError,
     EngineGone,
-    EngineSide,
     InlineEngine,
     ProcessEngine,
 )
-
-CPU = torch.device("cpu")
+from streamrnn.service.worker import EngineSide, ModelDirError
 
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory: pytest.TempPathFactory) -> Detector:
-    """A configured (never run) detector: its resolved config and validated model."""
+    """A configured (never run) detector: its engine settings and model version."""
     tmp = tmp_path_factory.mktemp("worker")
     raw = service_config("127.0.0.1:9", "t", "g", model_dir(), tmp / "state")
     raw["scoring"]["warmup"] = 5
@@ -81,15 +77,15 @@ def _same(a: Any, b: Any) -> None:
 
 def test_process_engine_matches_inline_and_keeps_order(detector: Detector) -> None:
     polls = _polls(3)
-    inline = InlineEngine(EngineSide(detector.config, detector.loaded, CPU))
-    remote = ProcessEngine(detector.config, CPU)
+    inline = InlineEngine(EngineSide(detector.settings))
+    remote = ProcessEngine(detector.settings)
     try:
-        assert remote.stats.resident == 0 and remote.stats.model_version == detector.loaded.version
+        assert remote.stats.resident == 0 and remote.stats.model_version == detector.model_version
         for parts in polls:  # all three in flight at once: outcomes come back in order
             remote.submit(parts)
         assert remote.in_flight == 3
         with pytest.raises(RuntimeError, match="not collected"):
-            remote.call("stats")
+            remote.fetch_stats()
         alerts = rejects = 0
         for parts in polls:
             inline.submit(parts)
@@ -109,19 +105,20 @@ def test_process_engine_matches_inline_and_keeps_order(detector: Detector) -> No
 
 def test_state_calls_round_trip(detector: Detector) -> None:
     polls = _polls(2)
-    remote = ProcessEngine(detector.config, CPU)
-    inline = InlineEngine(EngineSide(detector.config, detector.loaded, CPU))
+    remote = ProcessEngine(detector.settings)
+    inline = InlineEngine(EngineSide(detector.settings))
     try:
         for eng in (remote, inline):
             eng.submit(polls[0])
             eng.result()
         tp0, tp1 = ("t", 0), ("t", 1)
-        [(data, n0), (_, n1)] = remote.call("snapshot", [(tp0, 99, {"x": 1}), (tp1, 77, {})])
+        [(data, n0), (_, n1)] = remote.snapshot([(tp0, {"x": 1}), (tp1, {})])
         assert n0 == n1 == 2 and remote.stats.resident == 4
-        stats = remote.call("forget", [tp0])
+        stats = remote.forget([tp0])
         assert stats.resident == 2 and remote.stats.resident == 2
-        extra = remote.call("restore", tp0, data)
-        assert extra["offsets"] == {offsets_key("t", 0): 99} and extra["x"] == 1
+        extra = remote.restore(tp0, data)
+        # The offset a snapshot reflects lives in its checkpoint's header only.
+        assert "offsets" not in extra and extra["x"] == 1
         assert len(extra["keys"]) == 2
         # Restored state continues exactly where the uninterrupted inline run is.
         remote.submit(polls[1])
@@ -132,33 +129,33 @@ def test_state_calls_round_trip(detector: Detector) -> None:
 
 
 def test_remote_errors_and_refused_reload(detector: Detector, tmp_path: Path) -> None:
-    remote = ProcessEngine(detector.config, CPU)
+    remote = ProcessEngine(detector.settings)
     try:
         with pytest.raises(EngineCallError, match="Error"):
-            remote.call("restore", ("t", 0), b"not a snapshot")
-        assert remote.call("stats").resident == 0  # still serving after a failed call
-        r = remote.call("reload", str(tmp_path / "no-such-model"))
+            remote.restore(("t", 0), b"not a snapshot")
+        assert remote.fetch_stats().resident == 0  # still serving after a failed call
+        r = remote.reload(str(tmp_path / "no-such-model"))
         assert r.outcome == "error" and r.detail
-        r = remote.call("reload", str(model_dir()))
-        assert r.outcome == "ok" and r.version == detector.loaded.version
+        r = remote.reload(str(model_dir()))
+        assert r.outcome == "ok" and r.version == detector.model_version
     finally:
         remote.close()
 
 
 def test_child_ignores_stop_signals_and_closes_cleanly(detector: Detector) -> None:
-    remote = ProcessEngine(detector.config, CPU)
+    remote = ProcessEngine(detector.settings)
     pid = remote.pid
     assert pid is not None and pid != os.getpid()
     os.kill(pid, signal.SIGTERM)  # a terminal's Ctrl+C or a group kill: the parent decides
     os.kill(pid, signal.SIGINT)
     time.sleep(0.2)
-    assert remote.call("stats").resident == 0
+    assert remote.fetch_stats().resident == 0
     remote.close()
     assert remote._proc.exitcode == 0
 
 
 def test_a_dead_child_is_reported(detector: Detector) -> None:
-    remote = ProcessEngine(detector.config, CPU)
+    remote = ProcessEngine(detector.settings)
     try:
         assert remote.pid is not None
         os.kill(remote.pid, signal.SIGKILL)
@@ -173,16 +170,13 @@ def test_a_dead_child_is_reported(detector: Detector) -> None:
 def test_a_child_that_cannot_start_says_why(detector: Detector, tmp_path: Path) -> None:
     import dataclasses
 
-    cfg = dataclasses.replace(
-        detector.config,
-        service=dataclasses.replace(detector.config.service, model=str(tmp_path / "missing")),
-    )
-    with pytest.raises(EngineCallError, match="missing"):
-        ProcessEngine(cfg, CPU)
+    settings = dataclasses.replace(detector.settings, model_dir=str(tmp_path / "missing"))
+    with pytest.raises(ModelDirError, match="service.model: .*missing"):
+        ProcessEngine(settings)
 
 
 def test_a_key_seen_on_another_partition_moves_there(detector: Detector) -> None:
-    side = EngineSide(detector.config, detector.loaded, CPU)
+    side = EngineSide(detector.settings)
 
     def part(partition: int, offset: int, keys: list[str]) -> Part:
         vals = [orjson.dumps({"key": k, "ts": 1.7e9 + offset, "value": 1.0}) for k in keys]

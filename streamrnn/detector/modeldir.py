@@ -163,21 +163,30 @@ def save_model(
     return version
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model directory written by :func:`save_model`; the model is in eval mode on ``device``."""
+@dataclass
+class ModelInfo:
+    """What a model directory says about its model, read without loading the weights."""
+
+    path: Path
+    config: Config
+    version: str
+    feature_names: tuple[str, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def read_model_info(model_dir: str | Path) -> ModelInfo:
+    """Check a model directory's files and read its config and ``model.json`` (not the weights);
+    raises ValueError (or ConfigError for its config.yaml) naming the file and what is wrong."""
     d = Path(model_dir)
     if not d.is_dir():
         raise ValueError(f"model directory {str(d)!r}: not found")
     for name in (WEIGHTS, CONFIG, INFO):
         if not (d / name).is_file():
             raise ValueError(f"model directory {str(d)!r}: missing {name}")
-    dev = resolve_device(device)
-
     try:
         config = load_config(d / CONFIG)
     except ConfigError as e:
         raise ConfigError(f"{d / CONFIG}: {e}") from e
-
     try:
         info = json.loads((d / INFO).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -201,6 +210,20 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
             raise ValueError(
                 f"{d}: model.json says {key}={info[key]!r} but config.yaml says {want!r}"
             )
+    return ModelInfo(d, config, version, tuple(names), info)
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory written by :func:`save_model`; the model is in eval mode on ``device``."""
+    meta = read_model_info(model_dir)
+    d, config, version, names, info = (
+        meta.path,
+        meta.config,
+        meta.version,
+        meta.feature_names,
+        meta.info,
+    )
+    dev = resolve_device(device)
 
     raw = (d / WEIGHTS).read_bytes()
     want_sha = info.get("weights_sha256")

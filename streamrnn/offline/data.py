@@ -27,14 +27,13 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from ..times import MS_THRESHOLD, parse_timestamp
 
-_MS_THRESHOLD = 1e11  # epoch numbers above this are milliseconds (1e11 s is the year 5138)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,32 +68,6 @@ class Series:
         return len(self.timestamps)
 
 
-def parse_timestamp(text: str) -> float:
-    """Epoch seconds UTC from ISO 8601 text or an epoch number (seconds, or ms above 1e11).
-
-    >>> parse_timestamp("1970-01-01T00:01:00Z"), parse_timestamp("60"), parse_timestamp("1436538240000")
-    (60.0, 60.0, 1436538240.0)
-    """
-    s = text.strip()
-    if not s:
-        raise ValueError("empty timestamp")
-    if s[0].isdigit() or s[0] in "+-.":
-        try:
-            v = float(s)
-        except ValueError:
-            pass
-        else:
-            if not math.isfinite(v):
-                raise ValueError(f"timestamp must be finite, got {text!r}")
-            return v / 1000.0 if abs(v) > _MS_THRESHOLD else v
-    if s[-1] in "Zz":
-        s = s[:-1] + "+00:00"
-    dt = datetime.fromisoformat(s)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
-
-
 def _parse_times(cells: Sequence[str], lines: Sequence[int], where: str) -> np.ndarray:
     """Epoch seconds for a column of timestamp texts. Output: (N,) float64."""
     try:
@@ -116,7 +89,7 @@ def _parse_times(cells: Sequence[str], lines: Sequence[int], where: str) -> np.n
         raise ValueError(
             f"{where}, line {lines[i]}: unparseable timestamp {cells[i]!r} (not finite)"
         )
-    ms = np.abs(out) > _MS_THRESHOLD  # (N,)
+    ms = np.abs(out) > MS_THRESHOLD  # (N,)
     out[ms] /= 1000.0
     return out
 

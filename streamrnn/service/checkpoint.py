@@ -1,34 +1,29 @@
-"""Per-partition checkpoints of the engine's state, with the offsets they reflect.
+"""Per-partition checkpoints of the engine's state, with the offset they reflect.
 
 A checkpoint holds the state of the keys seen on one source partition (the bytes of
-``Engine.snapshot(keys, extra={"offsets": {"<topic>/<partition>": offset}, ...})``) and, in a
-small header, the offset after the last event that state includes. Restoring it and seeking the
-partition to that offset reproduces the state an uninterrupted run would have had: events after
-the offset are processed again (and their alerts published again; consumers dedupe on
-``source``), none is skipped and none is stepped twice.
+``Engine.snapshot(keys, extra={"keys": keys, ...})``) and, in a small header, the offset after
+the last event that state includes: the header is the one place that offset is kept. Restoring
+it and seeking the partition to that offset reproduces the state an uninterrupted run would have
+had: events after the offset are processed again (and their alerts published again; consumers
+dedupe on ``source``), none is skipped and none is stepped twice.
 
 Every checkpoint is self-consistent, so whichever copy survives is a valid restart point; a
 stale one only means more events are processed again.
 
 Framing (both stores): ``b"SRNCK1"``, a 4-byte big-endian header length, the header as JSON
 (``group``, ``topic``, ``partition``, ``offset``, ``written_at``, ``keys``, ``model``,
-``size``, ``sha256`` of the snapshot) and the snapshot bytes.
+``size``, ``sha256`` of the snapshot) and the snapshot bytes. Checkpoints written by streamrnn
+0.1 also carry the offset in the snapshot's extra (``offsets``); it equals the header's and is
+not read.
 
 Stores:
 
 * :class:`LocalCheckpoints`: ``<state_dir>/<group>/<topic>-<partition>.ckpt``, written
   atomically (temporary file, fsync, ``os.replace``, fsync of the directory).
-* :class:`KafkaCheckpoints`: a compacted topic (``service.state_topic``, created with
-  ``cleanup.policy=compact`` and one partition when absent) so that state follows a partition to
-  another host. A checkpoint is written as chunks of at most 512 KiB (keys
-  ``<group>/<topic>/<partition>#<id>/<i>``) and then a manifest under the key
-  ``<group>/<topic>/<partition>`` naming the chunks and their sha256; the previous checkpoint's
-  chunks are then tombstoned, so compaction keeps one checkpoint per partition. Reading scans the
-  topic from the beginning to its high watermark and keeps the latest complete checkpoint of
-  each wanted partition (a broker that does not compact, like the embedded one, only makes the
-  scan longer).
+* :class:`~.state_topic.KafkaCheckpoints`: a compacted topic (``service.state_topic``).
 
 :class:`CheckpointStore` writes to both and, on reading, takes the copy with the higher offset.
+:class:`Checkpointer` writes the partition table's checkpoints and restores them into the engine.
 """
 
 from __future__ import annotations
@@ -40,40 +35,38 @@ import os
 import struct
 import time
 import uuid
-import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
+
+if TYPE_CHECKING:
+    from .engine_process import EngineClient
+    from .metrics import Metrics
+    from .partitions import PartitionTable
+    from .state_topic import KafkaCheckpoints
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",
-    "KafkaCheckpoints",
+    "Checkpointer",
     "LocalCheckpoints",
     "decode",
     "encode",
-    "offsets_key",
 ]
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"SRNCK1"
-CHUNK_BYTES = 512 * 1024
 TP = tuple[str, int]  # (topic, partition)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written, or a stored one is corrupt."""
-
-
-def offsets_key(topic: str, partition: int) -> str:
-    """Key of a partition in a snapshot's ``extra["offsets"]`` (``/`` never occurs in topic names)."""
-    return f"{topic}/{partition}"
 
 
 @dataclass
@@ -195,245 +188,6 @@ class LocalCheckpoints:
 
 
 # ----------------------------------------------------------------------------------------------
-# Compacted Kafka topic
-
-
-class KafkaCheckpoints:
-    """Checkpoints in a compacted topic, chunked, one manifest per partition (module docstring).
-
-    ``producer`` is the service's KafkaProducer (acks=all); reading uses a short-lived consumer
-    without a group.
-    """
-
-    def __init__(
-        self,
-        bootstrap_servers: Sequence[str],
-        topic: str,
-        group: str,
-        producer: Any,
-        *,
-        timeout_s: float = 30.0,
-        client_id: str = "streamrnn-state",
-    ) -> None:
-        self.bootstrap_servers = list(bootstrap_servers)
-        self.topic = topic
-        self.group = group
-        self.producer = producer
-        self.timeout_s = timeout_s
-        self.client_id = client_id
-        self._previous: dict[
-            str, tuple[str, int]
-        ] = {}  # base key -> (id, chunks) last written/read
-        self._n_partitions: int | None = None
-
-    def base_key(self, topic: str, partition: int) -> str:
-        return f"{self.group}/{topic}/{partition}"
-
-    def ensure_topic(self) -> None:
-        """Create the topic (compacted, one partition) when it does not exist."""
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.client_id,
-            request_timeout_ms=int(self.timeout_s * 1000),
-        )
-        try:
-            if self.topic in set(admin.list_topics()):
-                return
-            result = admin.create_topics(
-                {
-                    self.topic: {
-                        "num_partitions": 1,
-                        "replication_factor": -1,
-                        "configs": {"cleanup.policy": "compact"},
-                    }
-                },
-                timeout_ms=int(self.timeout_s * 1000),
-                raise_errors=False,
-            )
-            for t in result.get("topics", []):
-                code = t.get("error_code", 0)
-                if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a racing instance)
-                    raise CheckpointError(
-                        f"service.state_topic: creating {self.topic!r} failed: error {code} "
-                        f"{t.get('error_message')!r}"
-                    )
-            log.info("created state topic %s (cleanup.policy=compact)", self.topic)
-        finally:
-            admin.close()
-
-    def _partition_for(self, base: str) -> int:
-        if self._n_partitions is None:
-            parts = self.producer.partitions_for(self.topic)
-            self._n_partitions = max(1, len(parts or ()))
-        return zlib.crc32(base.encode()) % self._n_partitions
-
-    def save_many(self, items: Iterable[tuple[str, int, bytes]]) -> None:
-        """Write ``(topic, partition, framed)`` checkpoints; returns once the broker acknowledged
-        them. Raises :class:`CheckpointError` when a send fails."""
-        written: list[tuple[str, int, str, int]] = []
-        futures: list[Any] = []
-        for topic, partition, framed in items:
-            base = self.base_key(topic, partition)
-            part = self._partition_for(base)
-            cid = uuid.uuid4().hex[:16]
-            chunks = [framed[i : i + CHUNK_BYTES] for i in range(0, len(framed), CHUNK_BYTES)] or [
-                b""
-            ]
-            for i, chunk in enumerate(chunks):
-                futures.append(
-                    self.producer.send(
-                        self.topic, key=f"{base}#{cid}/{i}".encode(), value=chunk, partition=part
-                    )
-                )
-            manifest = {
-                "id": cid,
-                "chunks": len(chunks),
-                "size": len(framed),
-                "sha256": hashlib.sha256(framed).hexdigest(),
-            }
-            written.append((base, part, cid, len(chunks)))
-            # Same partition, sent after its chunks: a reader never sees a manifest before them.
-            futures.append(
-                self.producer.send(
-                    self.topic, key=base.encode(), value=orjson.dumps(manifest), partition=part
-                )
-            )
-        self._wait(futures, "checkpoint")
-        # The new manifests are acknowledged: the previous chunks can go.
-        tombstones = []
-        for base, part, cid, n in written:
-            old = self._previous.get(base)
-            self._previous[base] = (cid, n)
-            if old is not None and old[0] != cid:
-                for i in range(old[1]):
-                    tombstones.append(
-                        self.producer.send(
-                            self.topic,
-                            key=f"{base}#{old[0]}/{i}".encode(),
-                            value=None,
-                            partition=part,
-                        )
-                    )
-        if tombstones:
-            try:
-                self._wait(tombstones, "tombstone")
-            except CheckpointError as e:  # harmless: compaction just keeps an extra copy
-                log.warning("%s", e)
-
-    def _wait(self, futures: list[Any], what: str) -> None:
-        self.producer.flush(timeout=self.timeout_s)
-        for f in futures:
-            if not f.is_done:
-                raise CheckpointError(f"state topic {self.topic}: {what} not acknowledged in time")
-            if f.failed():
-                raise CheckpointError(f"state topic {self.topic}: {what} failed: {f.exception!r}")
-
-    def load_many(self, wanted: Iterable[TP]) -> dict[TP, Checkpoint]:
-        """The latest complete checkpoint of each wanted partition found in the topic."""
-        from kafka import KafkaConsumer, TopicPartition
-
-        bases = {self.base_key(t, p): (t, p) for t, p in wanted}
-        if not bases:
-            return {}
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.client_id,
-            enable_auto_commit=False,
-            group_id=None,
-            request_timeout_ms=int(self.timeout_s * 1000),
-            fetch_max_wait_ms=100,  # an empty partition answers its high watermark sooner
-        )
-        latest: dict[str, tuple[bytes, str, int]] = {}  # base -> (framed, id, chunks)
-        pending: dict[str, dict[str, dict[int, bytes]]] = {b: {} for b in bases}
-        try:
-            parts = consumer.partitions_for_topic(self.topic) or set()
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            if not tps:
-                return {}
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            deadline = time.monotonic() + self.timeout_s
-            while True:
-                for records in consumer.poll(timeout_ms=200, max_records=10_000).values():
-                    for rec in records:
-                        self._scan(rec, bases, pending, latest)
-                done = True
-                for tp in tps:
-                    hw = consumer.highwater(tp)
-                    if hw is None or consumer.position(tp) < hw:
-                        done = False
-                if done:
-                    break
-                if time.monotonic() > deadline:
-                    raise CheckpointError(
-                        f"state topic {self.topic}: not read to its end within {self.timeout_s:g} s"
-                    )
-        finally:
-            consumer.close(autocommit=False)
-        out: dict[TP, Checkpoint] = {}
-        for base, (framed, cid, n) in latest.items():
-            t, p = bases[base]
-            try:
-                ck = decode(framed, where=f"state topic {self.topic} key {base}")
-            except CheckpointError as e:
-                log.error("%s", e)
-                continue
-            ck.origin = "kafka"
-            out[(t, p)] = ck
-            self._previous.setdefault(base, (cid, n))
-        return out
-
-    @staticmethod
-    def _scan(
-        rec: Any,
-        bases: dict[str, TP],
-        pending: dict[str, dict[str, dict[int, bytes]]],
-        latest: dict[str, tuple[bytes, str, int]],
-    ) -> None:
-        key = rec.key.decode("utf-8", "replace") if rec.key else ""
-        base, sep, rest = key.partition("#")
-        if base not in bases:
-            return
-        if sep:  # a chunk: <base>#<id>/<i>
-            cid, _, index = rest.partition("/")
-            if not index.isdigit():
-                return
-            chunks = pending[base].setdefault(cid, {})
-            if rec.value is None:
-                chunks.pop(int(index), None)
-            else:
-                chunks[int(index)] = rec.value
-            return
-        if rec.value is None:  # manifest tombstone: the partition's checkpoint was deleted
-            latest.pop(base, None)
-            return
-        try:
-            m = orjson.loads(rec.value)
-            cid, n = str(m["id"]), int(m["chunks"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            log.warning("state topic: ignoring a corrupt manifest under %s", base)
-            return
-        chunks = pending[base].get(cid, {})
-        if any(i not in chunks for i in range(n)):
-            log.warning(
-                "state topic: checkpoint %s of %s lacks chunks; keeping the previous one", cid, base
-            )
-            return
-        framed = b"".join(chunks[i] for i in range(n))
-        if hashlib.sha256(framed).hexdigest() != m.get("sha256"):
-            log.warning(
-                "state topic: checkpoint %s of %s fails its sha256; keeping the previous one",
-                cid,
-                base,
-            )
-            return
-        latest[base] = (framed, cid, n)
-        pending[base] = {}
-
-
-# ----------------------------------------------------------------------------------------------
 # Both
 
 
@@ -504,3 +258,105 @@ class CheckpointStore:
             )
             return False
         return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing and restoring the partition table's checkpoints
+
+
+class Checkpointer:
+    """Checkpoints of the partitions of ``table``: snapshots from ``engine``, framed, to ``store``.
+
+    ``drain`` publishes and commits every poll in flight first, so a snapshot holds exactly the
+    events before its partition's offset; it returns False when outputs were never acknowledged
+    (then nothing is written)."""
+
+    def __init__(
+        self,
+        group: str,
+        store: CheckpointStore,
+        engine: EngineClient,
+        table: PartitionTable,
+        metrics: Metrics,
+        *,
+        drain: Callable[[], bool],
+    ) -> None:
+        self.group = group
+        self.store = store
+        self.engine = engine
+        self.table = table
+        self.metrics = metrics
+        self.drain = drain
+
+    def write(self, tps: Iterable[TP], *, force: bool = False) -> bool:
+        """Checkpoint the partitions whose state changed (all given ones with ``force``)."""
+        if not self.drain():
+            return False
+        todo = []
+        for tp in tps:
+            part = self.table.get(tp)
+            if part is None or not part.restored or part.unsafe or part.offset is None:
+                continue
+            if part.dirty or force:
+                todo.append((tp, part, part.offset))
+        items = []
+        if todo:
+            snaps = self.engine.snapshot(
+                [
+                    (tp, {"group": self.group, "topic": tp[0], "partition": tp[1]})
+                    for tp, _, _ in todo
+                ]
+            )
+            version = self.engine.stats.model_version
+            for (tp, _, offset), (data, n_keys) in zip(todo, snaps, strict=True):
+                framed = encode(self.group, tp[0], tp[1], offset, data, keys=n_keys, model=version)
+                items.append((tp[0], tp[1], framed))
+        ok = True
+        if items:
+            try:
+                self.store.save_many(items)
+            except CheckpointError as e:
+                ok = False
+                log.error("checkpoint failed: %s", e)
+            else:
+                for _, part, _ in todo:
+                    part.dirty = False
+                log.debug("checkpointed %d partition(s)", len(items))
+        self.metrics.checkpoint(ok)
+        return ok
+
+    def load(self, tps: Iterable[TP]) -> dict[TP, Checkpoint]:
+        """The newest checkpoint of each of ``tps`` that has one."""
+        return self.store.load_many(tps)
+
+    def restore(self, tp: TP, ck: Checkpoint) -> int | None:
+        """Restore ``ck`` into the engine; returns the offset to seek ``tp`` to, or None when the
+        snapshot cannot be restored (corrupt or incompatible: logged, the partition starts with
+        fresh state from its committed offset)."""
+        from .engine_process import EngineGone
+
+        try:
+            extra = self.engine.restore(tp, ck.data)
+        except EngineGone:
+            raise
+        except Exception as e:  # corrupt or incompatible snapshot: fall back to fresh state
+            log.error(
+                "checkpoint of %s-%d (%s) cannot be restored: %s; starting it with "
+                "fresh state from its committed offset",
+                *tp,
+                ck.origin,
+                e,
+            )
+            return None
+        version = extra.get("model_version")
+        log.info(
+            "restored %d key(s) of %s-%d from the %s checkpoint at offset %d "
+            "(written %.0f s ago%s)",
+            len(extra.get("keys", [])),
+            *tp,
+            ck.origin,
+            ck.offset,
+            time.time() - ck.written_at,
+            "" if version == self.engine.stats.model_version else f" by model {version}",
+        )
+        return ck.offset

@@ -1,4 +1,4 @@
-"""The service's wire format: events in, alerts / scores / dead letters out.
+"""Decoding: one poll's records in, the engine's arrays and the rejects (with reasons) out.
 
 Decoding
 --------
@@ -43,14 +43,7 @@ An event older than its key's previous event is *late*. The engine decides, per
 engine leaves the key's state untouched and the service sends the record to the dead-letter
 topic with reason ``late_event``. Either way no record disappears silently.
 
-Encoding
---------
-:func:`event_messages` builds one JSON message per alert (or per scored event for the scores
-topic), keyed by the event key: ``key``, ``ts`` (ISO 8601, UTC, milliseconds), ``value`` (or
-``values``: an object by feature name), ``expected`` (the prediction, same shape, null before a
-key's first prediction), ``score``, ``threshold``, ``model`` (version id) and ``source``
-(``{topic, partition, offset}``, the message's identity: consumers dedupe on it after a restart
-re-publishes). Score messages add ``flag``. :func:`dlq_headers` gives the dead letter's headers.
+The messages the service sends (alerts, scores, dead letters) are built in :mod:`.alerts`.
 """
 
 from __future__ import annotations
@@ -64,19 +57,10 @@ import numpy as np
 import orjson
 
 from ..config import InputConfig
-from ..offline.data import parse_timestamp
+from ..times import MS_THRESHOLD, parse_timestamp
 
-__all__ = [
-    "Batch",
-    "Decoder",
-    "Part",
-    "Reject",
-    "dlq_headers",
-    "event_messages",
-    "iso_times",
-]
+__all__ = ["Batch", "Decoder", "Part", "Reject"]
 
-_MS_THRESHOLD = 1e11  # epoch numbers above this are milliseconds
 _MAX_SECONDS = 1e11  # |time| beyond this (year 5138) is rejected: it cannot be formatted back
 _F32_MAX = float(np.finfo(np.float32).max)
 _DETAIL_MAX = 300  # characters of a reject detail
@@ -234,7 +218,7 @@ def _time(x: Any, ts: int | None, name: str) -> float:
         v = float(x)
         if not math.isfinite(v):
             raise _Bad("bad_timestamp", f"{name}: must be finite, got {_short(x)}")
-        t = v / 1000.0 if abs(v) > _MS_THRESHOLD else v
+        t = v / 1000.0 if abs(v) > MS_THRESHOLD else v
     elif isinstance(x, str):
         try:
             t = parse_timestamp(x)
@@ -362,7 +346,7 @@ class Decoder:
         t = np.array(ts, dtype=np.float64)  # (m,)
         if not np.isfinite(t).all():
             return None
-        t = np.where(np.abs(t) > _MS_THRESHOLD, t / 1000.0, t)
+        t = np.where(np.abs(t) > MS_THRESHOLD, t / 1000.0, t)
         if not (np.abs(t) <= _MAX_SECONDS).all():
             return None
         v = np.array(vals, dtype=np.float64)  # (m,) null -> NaN
@@ -477,85 +461,3 @@ class Decoder:
 
         t = _time(obj.get(cfg.time_field), ts, cfg.time_field)
         return key, t
-
-
-# ----------------------------------------------------------------------------------------------
-# Encoding
-
-
-def iso_times(times: np.ndarray) -> list[str]:
-    """ISO 8601 UTC texts with milliseconds for epoch seconds (N,).
-
-    >>> iso_times(np.array([0.0, 1700000000.25]))
-    ['1970-01-01T00:00:00.000Z', '2023-11-14T22:13:20.250Z']
-    """
-    ms = np.round(np.asarray(times, dtype=np.float64) * 1000.0).astype(np.int64)  # (N,)
-    text = np.datetime_as_string(ms.astype("datetime64[ms]"), unit="ms")  # (N,)
-    return [s + "Z" for s in text.tolist()]
-
-
-def _shape(row: list[float], names: Sequence[str]) -> float | None | dict[str, float | None]:
-    """One number (single feature) or an object by feature name; NaN becomes null."""
-    clean = [None if v is None or math.isnan(v) else v for v in row]
-    if len(names) == 1:
-        return clean[0]
-    return dict(zip(names, clean, strict=True))
-
-
-def event_messages(
-    batch: Batch,
-    index: np.ndarray,
-    *,
-    prediction: np.ndarray,
-    score: np.ndarray,
-    flag: np.ndarray | None,
-    threshold: float,
-    model_version: str,
-    feature_names: Sequence[str],
-) -> list[tuple[bytes, bytes]]:
-    """``(key, JSON)`` messages for the batch events at ``index`` (K,).
-
-    ``prediction`` (N, F) and ``score`` (N,) are the engine's results for the whole batch;
-    ``flag`` (N,) is added to each message when given (the scores topic).
-    """
-    idx = np.asarray(index, dtype=np.int64)
-    if len(idx) == 0:
-        return []
-    ts = iso_times(batch.times[idx])
-    vals = batch.values[idx].astype(np.float64).tolist()
-    preds = np.asarray(prediction, dtype=np.float64)[idx].tolist()
-    scores = np.asarray(score, dtype=np.float64)[idx].tolist()
-    flags = np.asarray(flag)[idx].tolist() if flag is not None else None
-    parts = batch.partitions[idx].tolist()
-    offs = batch.offsets[idx].tolist()
-    value_name = "value" if len(feature_names) == 1 else "values"
-    out: list[tuple[bytes, bytes]] = []
-    for j, i in enumerate(idx.tolist()):
-        key = batch.keys[i]
-        msg: dict[str, Any] = {
-            "key": key,
-            "ts": ts[j],
-            value_name: _shape(vals[j], feature_names),
-            "expected": _shape(preds[j], feature_names),
-            "score": scores[j],
-            "threshold": threshold,
-            "model": model_version,
-            "source": {"topic": batch.topics[i], "partition": parts[j], "offset": offs[j]},
-        }
-        if flags is not None:
-            msg["flag"] = bool(flags[j])
-        out.append((key.encode("utf-8"), orjson.dumps(msg)))
-    return out
-
-
-def dlq_headers(
-    reason: str, detail: str, topic: str, partition: int, offset: int
-) -> list[tuple[str, bytes]]:
-    """Headers of a dead letter: why, and where the original came from."""
-    return [
-        ("streamrnn.reason", reason.encode()),
-        ("streamrnn.detail", detail.encode("utf-8", "replace")),
-        ("streamrnn.source.topic", topic.encode()),
-        ("streamrnn.source.partition", str(partition).encode()),
-        ("streamrnn.source.offset", str(offset).encode()),
-    ]

@@ -1,29 +1,26 @@
-"""Prometheus metrics of the service, all built in one place, and the HTTP endpoint serving them.
+"""Prometheus metrics of the service, all built in one place (served by :mod:`.http`).
 
 Every metric is registered on the ``CollectorRegistry`` handed to :class:`Metrics` (never on the
 global registry), so tests and several services in one process do not collide. Labels are kept to
 small, bounded sets: no label ever carries a key. Labelled children for the known label values are
 created up front so that dashboards and alerts see zeros instead of missing series.
 
-:func:`start_http` serves ``/metrics`` (Prometheus text or OpenMetrics, by the ``Accept``
-header), ``/healthz`` (liveness) and ``/readyz`` (readiness) from a daemon thread.
+The engine side's counters arrive as running totals with each outcome
+(:meth:`Metrics.engine_stats`); the counters here advance by what is new in them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
 
 __all__ = [
     "ANOMALY_SCORE_BUCKETS",
@@ -34,9 +31,7 @@ __all__ = [
     "RELOAD_OUTCOMES",
     "REJECT_REASONS",
     "Metrics",
-    "MetricsServer",
     "observe_many",
-    "start_http",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +67,15 @@ ANOMALY_SCORE_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 
 
+class EngineTotals(Protocol):
+    """What :meth:`Metrics.engine_stats` reads (the engine side's ``Stats``)."""
+
+    resident: int
+    nbytes: int
+    imputed_total: int
+    evicted_total: int
+
+
 class Metrics:
     """Every metric the service exports, registered on ``registry``.
 
@@ -95,6 +99,7 @@ class Metrics:
         self.reasons: tuple[str, ...] = tuple(dict.fromkeys(reasons))
         self._clock = clock
         self._lock = threading.Lock()
+        self._imputed_seen = self._evicted_seen = 0  # the engine side's totals counted so far
         self._started_at = clock()
         self._last_checkpoint_at: float | None = None
         self._model_labels: tuple[str, str, str, str] | None = None
@@ -299,6 +304,18 @@ class Metrics:
         self.active_keys.set(active_keys)
         self.state_bytes.set(state_bytes)
 
+    def engine_stats(self, stats: EngineTotals) -> None:
+        """The engine side's running totals: the counters advance by what is new in them."""
+        resident, nbytes = stats.resident, stats.nbytes
+        imputed_total, evicted_total = stats.imputed_total, stats.evicted_total
+        if imputed_total > self._imputed_seen:
+            self.imputed_values.inc(imputed_total - self._imputed_seen)
+        if evicted_total > self._evicted_seen:
+            self.evicted_keys.inc(evicted_total - self._evicted_seen)
+        self._imputed_seen = max(self._imputed_seen, imputed_total)
+        self._evicted_seen = max(self._evicted_seen, evicted_total)
+        self.set_state(resident, nbytes)
+
     def checkpoint(self, ok: bool, at: float | None = None) -> None:
         """A checkpoint finished; a successful one resets ``streamrnn_checkpoint_age_seconds``."""
         self.checkpoints.labels(outcome="ok" if ok else "error").inc()
@@ -360,151 +377,3 @@ def observe_many(histogram: Histogram, values: ArrayLike, *, floor: float | None
     for i in np.flatnonzero(counts).tolist():
         buckets[i].inc(int(counts[i]))
     return int(arr.size)
-
-
-# ----------------------------------------------------------------------------------------------
-# HTTP endpoint
-
-Probe = Callable[[], Any]
-
-
-def _probe(check: Probe, what: str) -> tuple[bool, str]:
-    """Run a health or readiness check: it returns a bool, or ``(bool, reason)``."""
-    try:
-        result = check()
-    except Exception as e:  # a failing check is a failed probe, not a crashed endpoint
-        log.warning("%s check raised", what, exc_info=True)
-        return False, f"{what} check failed: {type(e).__name__}"
-    reason = ""
-    if isinstance(result, tuple):
-        result, reason = result[0], str(result[1]) if len(result) > 1 else ""
-    if result:
-        return True, "ok"
-    return False, reason or f"not {what}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: MetricsServer
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        self._respond(head=False)
-
-    def do_HEAD(self) -> None:
-        self._respond(head=True)
-
-    def _respond(self, *, head: bool) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
-        srv = self.server
-        if path == "/metrics":
-            try:
-                encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
-                body = encoder(srv.registry)
-            except Exception:
-                log.exception("collecting metrics failed")
-                self._text(500, "collecting metrics failed", head)
-                return
-            self._send(200, body, content_type, head)
-        elif path == "/healthz":
-            ok, text = _probe(srv.health, "healthy")
-            self._text(200 if ok else 503, text, head)
-        elif path == "/readyz":
-            ok, text = _probe(srv.ready, "ready")
-            self._text(200 if ok else 503, text, head)
-        elif path == "/":
-            self._text(200, "streamrnn: /metrics /healthz /readyz", head)
-        else:
-            self._text(404, "not found", head)
-
-    def _text(self, status: int, text: str, head: bool) -> None:
-        self._send(status, (text + "\n").encode(), "text/plain; charset=utf-8", head)
-
-    def _send(self, status: int, body: bytes, content_type: str, head: bool) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base class signature
-        log.debug("%s - %s", self.address_string(), format % args)
-
-
-class MetricsServer(ThreadingHTTPServer):
-    """``/metrics``, ``/healthz`` and ``/readyz`` served from a daemon thread.
-
-    Start one with :meth:`start_http` (or the module-level :func:`start_http`); ``port=0``
-    picks a free port, readable as ``server.server_port``. :meth:`shutdown` stops it.
-    """
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        host: str,
-        port: int,
-        health: Probe,
-        ready: Probe,
-    ) -> None:
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        self.registry = registry
-        self.health = health
-        self.ready = ready
-        self._thread: threading.Thread | None = None
-        super().__init__((host, port), _Handler)
-
-    @classmethod
-    def start_http(
-        cls,
-        registry: CollectorRegistry,
-        host: str,
-        port: int,
-        health: Probe,
-        ready: Probe,
-    ) -> MetricsServer:
-        server = cls(registry, host, port, health, ready)
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"metrics-http-{server.server_port}",
-            daemon=True,
-        )
-        server._thread = thread
-        thread.start()
-        log.info("metrics and health endpoints on http://%s:%d/", host, server.server_port)
-        return server
-
-    def shutdown(self) -> None:
-        """Stop serving, close the socket and wait for the serving thread."""
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            super().shutdown()
-            thread.join(timeout=5)
-        self._thread = None
-        self.server_close()
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-
-
-def start_http(
-    registry: CollectorRegistry,
-    host: str,
-    port: int,
-    health: Probe,
-    ready: Probe,
-) -> MetricsServer:
-    """Serve ``registry`` on ``http://host:port/metrics`` plus ``/healthz`` and ``/readyz``.
-
-    ``health`` and ``ready`` return a bool (or ``(bool, reason)``); a false one answers
-    503 with a short reason, an exception answers 503 too.
-    """
-    return MetricsServer.start_http(registry, host, port, health, ready)

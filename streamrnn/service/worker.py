@@ -3,68 +3,103 @@
 The service is two halves (see ``docs/design.md``). The Kafka side (:mod:`.app`) polls, publishes,
 commits, checkpoints and answers the group; the engine side (:class:`EngineSide`, here) owns the
 model, every key's state, the decoder and which partition each key belongs to. What crosses
-between them is plain data: a poll as columns (:class:`~.codec.Part`) one way, an
-:class:`Outcome` (rejects by position, encoded alert messages, scores and times for the metrics)
-the other.
+between them is plain data: a poll as columns (:class:`~.decode.Part`) one way, an
+:class:`Outcome` (rejects by position, every message to send, encoded, and scores and times for
+the metrics) the other. :mod:`.engine_process` runs this side inline or in a child process.
 
-With ``service.engine_process: true`` (the default) the engine side runs in a child process
-(:class:`ProcessEngine`): while it steps one poll, the Kafka client parses the next, on another
-core. Kafka-python's record parsing and the engine's Python glue both need the interpreter lock,
-so threads could not overlap them. With ``false`` it runs inline (:class:`InlineEngine`), in the
-same thread. Both present the same calls, so the Kafka side does not know which it has.
-
-The child is started from a fork server that imported this module (and torch) once; it ignores
-SIGINT, SIGTERM and SIGHUP (the parent decides when to stop, and finishes the batch first) and
-exits when the parent closes the pipe or dies.
+The engine side is built from :class:`EngineSettings`, the few settings it needs (not the
+service's whole config), and loads the model itself: the model is loaded once, where it runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import logging
-import multiprocessing as mp
-import signal
+import dataclasses
 import time
-import traceback
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, ConfigError, InputConfig, ScoringConfig, StateConfig
 from ..detector.engine import Engine
 from ..detector.modeldir import LoadedModel, load_model
-from .checkpoint import offsets_key
-from .decode import Batch, Decoder, Part, event_messages, iso_times
+from ..times import iso_times
+from .alerts import Headers, Message, dead_letters, event_messages
+from .decode import Batch, Decoder, Part
 
 __all__ = [
-    "EngineCallError",
-    "EngineClient",
-    "EngineGone",
+    "EngineSettings",
     "EngineSide",
-    "InlineEngine",
+    "ModelDirError",
     "Outcome",
-    "ProcessEngine",
     "Reload",
     "Stats",
-    "start_engine",
+    "feature_names_for",
 ]
 
-log = logging.getLogger(__name__)
-
 TP = tuple[str, int]
-START_TIMEOUT_S = 120.0  # the child's import, model load and first device allocation
-PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged process (fs.pipe-max-size)
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Linux/Unix
-    fcntl = None  # type: ignore[assignment]
+
+class ModelDirError(ValueError):
+    """The model directory could not be loaded; the message names ``service.model``."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine side needs: the model directory, the device, and the scoring, state and
+    input sections. ``scores``: encode every event's score too (``service.scores_topic`` set)."""
+
+    model_dir: str
+    device: str
+    scoring: ScoringConfig
+    state: StateConfig
+    input: InputConfig
+    scores: bool = False
+
+    @classmethod
+    def of(cls, config: Config, device: torch.device | str) -> EngineSettings:
+        """The settings of a service config, on the resolved ``device``."""
+        return cls(
+            model_dir=config.service.model or "",
+            device=str(device),
+            scoring=config.scoring,
+            state=config.state,
+            input=config.input,
+            scores=bool(config.service.scores_topic),
+        )
+
+    def engine_config(self, model_config: Config) -> Config:
+        """The engine's config: the model directory's ``model`` and ``features`` sections (the
+        network and the normaliser it was trained with) with these settings' sections."""
+        return dataclasses.replace(
+            model_config, scoring=self.scoring, state=self.state, input=self.input
+        )
+
+
+def feature_names_for(config: InputConfig, model_names: Sequence[str]) -> tuple[str, ...]:
+    """The feature names events are read by: ``input.features`` when set, else the model's;
+    raises ConfigError when they do not name as many features as the model predicts."""
+    names = tuple(config.features) or tuple(model_names)
+    if len(names) != len(model_names):
+        raise ConfigError(
+            f"input.features: must name the model's {len(model_names)} feature(s) "
+            f"({', '.join(model_names)}) in order, got {list(config.features)}"
+        )
+    return names
+
+
+def load_service_model(model_dir: str, device: torch.device | str) -> LoadedModel:
+    """:func:`load_model` with errors that name ``service.model`` (:class:`ModelDirError`)."""
+    try:
+        return load_model(model_dir, device)
+    except (ValueError, OSError) as e:  # ConfigError is a ValueError
+        raise ModelDirError(
+            f"service.model: must be a model directory written by `streamrnn train` ({e}), "
+            f"got {model_dir!r}"
+        ) from None
 
 
 @dataclass
@@ -83,9 +118,9 @@ class Outcome:
     """One poll's results, everything the Kafka side needs to publish and commit it.
 
     ``rejects``: ``(position in the poll, reason, detail)`` of every record to dead-letter, the
-    decoder's first, then late events dropped by ``input.late_events: drop``. ``alerts`` and
-    ``scores``: encoded ``(key, JSON)`` messages. ``score`` and ``times`` (K,): the processed
-    events' scores and event times (the metrics' histograms).
+    decoder's first, then late events dropped by ``input.late_events: drop``; ``dead_letters``
+    their messages. ``alerts`` and ``scores``: encoded ``(key, JSON)`` messages. ``score`` and
+    ``times`` (K,): the processed events' scores and event times (the metrics' histograms).
     """
 
     processed: int
@@ -99,6 +134,7 @@ class Outcome:
     times: np.ndarray
     stats: Stats
     seconds: float = 0.0  # the engine side's own time for this poll
+    dead_letters: list[Message] = field(default_factory=list)
 
 
 @dataclass
@@ -114,23 +150,33 @@ class Reload:
     stats: Stats | None = None
 
 
-class EngineGone(RuntimeError):
-    """The engine process exited or stopped answering: the detector cannot go on."""
+@dataclass
+class _Scored:
+    """The engine's part of one poll's outcome (empty when nothing was accepted)."""
 
-
-class EngineCallError(Exception):
-    """A call failed inside the engine process; the message names the remote exception."""
+    alerts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    scores: list[tuple[bytes, bytes]] = field(default_factory=list)
+    anomalies: dict[str, int] = field(default_factory=dict)
+    late: list[tuple[int, str, str]] = field(default_factory=list)  # dropped late events
+    late_scored: int = 0
+    moved: list[tuple[str, TP, TP]] = field(default_factory=list)
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 class EngineSide:
     """Decoder, engine and the key -> partition map; every method is one call from the Kafka side."""
 
-    def __init__(self, config: Config, loaded: LoadedModel, device: torch.device) -> None:
-        self.config = config
-        self.device = device
-        self.engine = Engine(loaded.model, config, device=device, model_version=loaded.version)
-        self.decoder = Decoder(config.input, loaded.feature_names)
-        self.feature_names = tuple(config.input.features) or loaded.feature_names
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.device = torch.device(settings.device)
+        loaded = load_service_model(settings.model_dir, self.device)
+        self.feature_names = feature_names_for(settings.input, loaded.feature_names)
+        self.config = settings.engine_config(loaded.config)
+        self.engine = Engine(
+            loaded.model, self.config, device=self.device, model_version=loaded.version
+        )
+        self.decoder = Decoder(settings.input, loaded.feature_names)
         self.key_tp: dict[str, TP] = {}
         self.tp_keys: dict[TP, set[str]] = {}
 
@@ -144,63 +190,67 @@ class EngineSide:
             self.engine.model_version,
         )
 
-    def process(self, parts: Sequence[Part]) -> Outcome:
-        """Decode, step and score one poll; encode its alerts (and scores)."""
+    def process(
+        self, parts: Sequence[Part], headers: Mapping[int, Headers] | None = None
+    ) -> Outcome:
+        """Decode, step and score one poll; encode its alerts (and scores) and dead letters.
+        ``headers``: the records' non-empty headers by position, kept on their dead letters."""
         t0 = time.perf_counter()
         batch = self.decoder.decode_parts(parts)
         rejects = [(r.index, r.reason, r.detail) for r in batch.rejects]
-        alerts: list[tuple[bytes, bytes]] = []
-        scores: list[tuple[bytes, bytes]] = []
-        anomalies: Counter[str] = Counter()
-        moved: list[tuple[str, TP, TP]] = []
-        late_scored = 0
-        kept_scores, kept_times = np.zeros(0), np.zeros(0)
-        if len(batch):
-            res = self.engine.process(batch.keys, batch.times, batch.values)
-            moved = self._track_keys(batch)
-            kept = ~res.dropped  # (N,)
-            for i in np.flatnonzero(res.dropped).tolist():
-                ts = iso_times(batch.times[i : i + 1])[0]
-                rejects.append(
-                    (
-                        int(batch.index[i]),
-                        "late_event",
-                        f"older than the key's previous event (ts {ts})",
-                    )
-                )
-            late_scored = int((res.late & kept).sum())
-            svc = self.config.service
-
-            def encode(index: np.ndarray, flag: np.ndarray | None) -> list[tuple[bytes, bytes]]:
-                return event_messages(
-                    batch,
-                    index,
-                    prediction=res.prediction,
-                    score=res.score,
-                    flag=flag,
-                    threshold=self.config.scoring.threshold,
-                    model_version=self.engine.model_version,
-                    feature_names=self.feature_names,
-                )
-
-            flagged = np.flatnonzero(res.flag & kept)
-            alerts = encode(flagged, None)
-            if svc.scores_topic:
-                scores = encode(np.flatnonzero(kept), res.flag)
-            anomalies = Counter(batch.topics[i] for i in flagged.tolist())
-            kept_scores, kept_times = res.score[kept], batch.times[kept]
+        scored = self._score(batch) if len(batch) else _Scored()
+        rejects += scored.late
         return Outcome(
-            processed=len(kept_scores),
+            processed=len(scored.score),
             rejects=rejects,
-            alerts=alerts,
-            scores=scores,
-            anomalies=dict(anomalies),
-            late_scored=late_scored,
-            moved=moved,
-            score=kept_scores,
-            times=kept_times,
+            alerts=scored.alerts,
+            scores=scored.scores,
+            anomalies=scored.anomalies,
+            late_scored=scored.late_scored,
+            moved=scored.moved,
+            score=scored.score,
+            times=scored.times,
             stats=self.stats(),
             seconds=time.perf_counter() - t0,
+            dead_letters=dead_letters(parts, rejects, headers),
+        )
+
+    def _score(self, batch: Batch) -> _Scored:
+        """Step the accepted events of a poll and encode their messages."""
+        res = self.engine.process(batch.keys, batch.times, batch.values)
+        moved = self._track_keys(batch)
+        kept = ~res.dropped  # (N,)
+        late = [
+            (
+                int(batch.index[i]),
+                "late_event",
+                f"older than the key's previous event (ts {iso_times(batch.times[i : i + 1])[0]})",
+            )
+            for i in np.flatnonzero(res.dropped).tolist()
+        ]
+
+        def encode(index: np.ndarray, flag: np.ndarray | None) -> list[tuple[bytes, bytes]]:
+            return event_messages(
+                batch,
+                index,
+                prediction=res.prediction,
+                score=res.score,
+                flag=flag,
+                threshold=self.settings.scoring.threshold,
+                model_version=self.engine.model_version,
+                feature_names=self.feature_names,
+            )
+
+        flagged = np.flatnonzero(res.flag & kept)
+        return _Scored(
+            alerts=encode(flagged, None),
+            scores=encode(np.flatnonzero(kept), res.flag) if self.settings.scores else [],
+            anomalies=dict(Counter(batch.topics[i] for i in flagged.tolist())),
+            late=late,
+            late_scored=int((res.late & kept).sum()),
+            moved=moved,
+            score=res.score[kept],
+            times=batch.times[kept],
         )
 
     def _track_keys(self, batch: Batch) -> list[tuple[str, TP, TP]]:
@@ -232,16 +282,14 @@ class EngineSide:
             self.tp_keys[tp] = set(kept)
         return kept
 
-    def snapshot(self, items: Sequence[tuple[TP, int, dict[str, Any]]]) -> list[tuple[bytes, int]]:
-        """``(data, number of keys)`` of each ``(partition, offset, extra)``: the snapshot of the
-        partition's keys, with the offset and the keys in its extra."""
+    def snapshot(self, items: Sequence[tuple[TP, dict[str, Any]]]) -> list[tuple[bytes, int]]:
+        """``(data, number of keys)`` of each ``(partition, extra)``: the snapshot of the
+        partition's keys, with the keys in its extra. The offset it reflects is not in it: the
+        checkpoint's header holds it (:mod:`.checkpoint`)."""
         out = []
-        for tp, offset, extra in items:
+        for tp, extra in items:
             keys = self.keys_of(tp)
-            data = self.engine.snapshot(
-                keys, extra={**extra, "offsets": {offsets_key(*tp): offset}, "keys": keys}
-            )
-            out.append((data, len(keys)))
+            out.append((self.engine.snapshot(keys, extra={**extra, "keys": keys}), len(keys)))
         return out
 
     def restore(self, tp: TP, data: bytes) -> dict[str, Any]:
@@ -294,240 +342,3 @@ class EngineSide:
             features_changed=loaded.config.features != self.config.features,
             stats=self.stats(),
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# The Kafka side's handle on the engine side
-
-
-class EngineClient(Protocol):
-    """How the Kafka side talks to the engine side, inline or in a process.
-
-    ``submit`` hands over a poll and returns at once; ``result`` returns the outcomes in submit
-    order. ``call`` runs one :class:`EngineSide` method and needs nothing in flight."""
-
-    stats: Stats
-
-    @property
-    def in_flight(self) -> int: ...
-
-    def submit(self, parts: list[Part]) -> None: ...
-
-    def ready(self) -> bool: ...
-
-    def result(self) -> Outcome: ...
-
-    def call(self, method: str, *args: Any) -> Any: ...
-
-    def close(self, timeout_s: float = 10.0) -> None: ...
-
-
-class InlineEngine:
-    """The engine side in this thread: ``submit`` does the work."""
-
-    def __init__(self, side: EngineSide) -> None:
-        self.side = side
-        self.stats = side.stats()
-        self._done: list[Outcome] = []
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._done)
-
-    def submit(self, parts: list[Part]) -> None:
-        self._done.append(self.side.process(parts))
-
-    def ready(self) -> bool:
-        """An outcome can be collected without waiting."""
-        return bool(self._done)
-
-    def result(self) -> Outcome:
-        out = self._done.pop(0)
-        self.stats = out.stats
-        return out
-
-    def call(self, method: str, *args: Any) -> Any:
-        if self._done:
-            raise RuntimeError(f"{method}: {len(self._done)} outcome(s) not collected")
-        out = getattr(self.side, method)(*args)
-        _note_stats(self, out)
-        return out
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        pass
-
-
-def _note_stats(client: Any, out: Any) -> None:
-    if isinstance(out, Stats):
-        client.stats = out
-    elif isinstance(out, Reload) and out.stats is not None:
-        client.stats = out.stats
-
-
-class ProcessEngine:
-    """The engine side in a child process, over a pipe; one request at a time in order."""
-
-    def __init__(
-        self,
-        config: Config,
-        device: torch.device,
-        *,
-        start_timeout_s: float = START_TIMEOUT_S,
-    ) -> None:
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        # Two one-way pipes of PIPE_BYTES: a poll (a few hundred kB) is written in one go while
-        # the child still works on the previous one, so the Kafka side never waits to hand over.
-        child_in, self._out = ctx.Pipe(duplex=False)
-        self._in, child_out = ctx.Pipe(duplex=False)
-        for conn in (self._out, child_out):
-            _widen(conn)
-        self._proc = ctx.Process(
-            target=_child_main,
-            args=(
-                child_in,
-                child_out,
-                config,
-                str(device),
-                logging.getLogger().getEffectiveLevel(),
-            ),
-            name="streamrnn-engine",
-            daemon=True,
-        )
-        self._proc.start()
-        child_in.close()
-        child_out.close()
-        self._pending = 0
-        self._closed = False
-        try:
-            self.stats: Stats = self._reply(timeout_s=start_timeout_s)
-        except BaseException:
-            self.close(timeout_s=5.0)  # the child has exited or is told to; no pipe leaks
-            raise
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid
-
-    @property
-    def in_flight(self) -> int:
-        return self._pending
-
-    def submit(self, parts: list[Part]) -> None:
-        self._send(("process", (parts,)))
-        self._pending += 1
-
-    def ready(self) -> bool:
-        """An outcome (or the news of the child's end) can be collected without waiting."""
-        return self._pending > 0 and (self._in.poll(0) or not self._proc.is_alive())
-
-    def result(self) -> Outcome:
-        if not self._pending:
-            raise RuntimeError("result(): nothing submitted")
-        self._pending -= 1
-        out: Outcome = self._reply()
-        self.stats = out.stats
-        return out
-
-    def call(self, method: str, *args: Any) -> Any:
-        if self._pending:
-            raise RuntimeError(f"{method}: {self._pending} outcome(s) not collected")
-        self._send((method, args))
-        out = self._reply()
-        _note_stats(self, out)
-        return out
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Ask the child to exit; terminate it when it does not within ``timeout_s``."""
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(OSError, ValueError):
-            self._out.send(("close", ()))
-        self._proc.join(timeout_s)
-        if self._proc.is_alive():
-            log.warning("the engine process did not exit in %.0f s; terminating it", timeout_s)
-            self._proc.terminate()
-            self._proc.join(5)
-        self._out.close()
-        self._in.close()
-
-    def _send(self, msg: tuple[str, tuple[Any, ...]]) -> None:
-        try:
-            self._out.send(msg)
-        except (OSError, ValueError) as e:
-            raise EngineGone(self._gone_text(f"cannot send to it ({e})")) from None
-
-    def _reply(self, timeout_s: float | None = None) -> Any:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not self._in.poll(0.5):
-            if not self._proc.is_alive():
-                raise EngineGone(self._gone_text("it exited"))
-            if deadline is not None and time.monotonic() > deadline:
-                raise EngineGone(self._gone_text(f"no answer in {timeout_s:.0f} s"))
-        try:
-            status, payload = self._in.recv()
-        except (EOFError, OSError) as e:
-            raise EngineGone(self._gone_text(f"the pipe closed ({e!r})")) from None
-        if status == "ok":
-            return payload
-        name, text, tb = payload
-        log.debug("engine process traceback:\n%s", tb)
-        raise EngineCallError(f"{name}: {text}")
-
-    def _gone_text(self, what: str) -> str:
-        code = self._proc.exitcode
-        status = f" (exit status {code})" if code is not None else ""
-        return f"the engine process (pid {self._proc.pid}): {what}{status}"
-
-
-def _widen(conn: Connection) -> None:
-    """Make the pipe under ``conn`` PIPE_BYTES long where Linux allows it (else keep its size)."""
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
-    if setpipe is None:
-        return
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(conn.fileno(), setpipe, PIPE_BYTES)
-
-
-def _child_main(
-    requests: Connection, replies: Connection, config: Config, device: str, log_level: int
-) -> None:
-    """The engine process: build the engine side, then answer requests until told to close."""
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            signal.signal(sig, signal.SIG_IGN)
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s %(name)s [engine]: %(message)s"
-    )
-    try:
-        dev = torch.device(device)
-        loaded = load_model(config.service.model or "", dev)
-        side = EngineSide(config, loaded, dev)
-    except BaseException as e:
-        replies.send(("err", (type(e).__name__, str(e), traceback.format_exc())))
-        return
-    # Out of the collector's sight from now on (torch, the model): see Detector.run.
-    gc.collect()
-    gc.freeze()
-    replies.send(("ok", side.stats()))
-    while True:
-        try:
-            method, args = requests.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        if method == "close":
-            return
-        try:
-            out = getattr(side, method)(*args)
-        except Exception as e:
-            replies.send(("err", (type(e).__name__, str(e), traceback.format_exc())))
-            continue
-        replies.send(("ok", out))
-
-
-def start_engine(config: Config, loaded: LoadedModel, device: torch.device) -> EngineClient:
-    """The engine side by ``service.engine_process``: a child process, or inline with ``loaded``."""
-    if config.service.engine_process:
-        return ProcessEngine(config, device)
-    return InlineEngine(EngineSide(config, loaded, device))

@@ -45,6 +45,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..service.clients import admin_client
+from ..service.clients import create_topics as create_kafka_topics
+from ..signals import on_stop_signals
+
 __all__ = [
     "BrokerError",
     "BrokerNotInstalledError",
@@ -138,12 +142,10 @@ def _tcp_open(host: str, port: int, timeout: float) -> bool:
 
 
 def _admin_client(bootstrap: str, timeout: float) -> Any:
-    from kafka import KafkaAdminClient
-
     ms = max(int(timeout * 1000), 100)
-    return KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="streamrnn-broker-admin",
+    return admin_client(
+        bootstrap,
+        "streamrnn-broker-admin",
         bootstrap_timeout_ms=ms,
         request_timeout_ms=max(ms, 1000),
     )
@@ -409,23 +411,16 @@ def create_topics(
     deadline = time.monotonic() + timeout
     admin = _admin_client(bootstrap, timeout)
     try:
-        response = admin.create_topics(
+        failed = create_kafka_topics(
+            admin,
             {
                 name: {"num_partitions": n, "replication_factor": replication_factor}
                 for name, n in topics.items()
             },
             timeout_ms=int(timeout * 1000),
-            raise_errors=False,
         )
-        for result in response.get("topics", []):
-            code = result.get("error_code", 0)
-            if code == 36:  # TOPIC_ALREADY_EXISTS
-                logger.debug("topic %s already exists", result.get("name"))
-            elif code != 0:
-                raise BrokerError(
-                    f"creating topic {result.get('name')!r} failed: error {code} "
-                    f"{result.get('error_message')!r}"
-                )
+        for name, error in failed.items():
+            raise BrokerError(f"creating topic {name!r} failed: {error}")
         return _wait_for_topics(admin, topics, deadline, timeout)
     finally:
         admin.close()
@@ -482,12 +477,11 @@ def serve(
     """
     stop_requested = threading.Event()
 
-    def _on_signal(signum: int, _frame: Any) -> None:
-        logger.info("received %s, stopping the broker", signal.Signals(signum).name)
+    def _on_stop(name: str) -> None:
+        logger.info("received %s, stopping the broker", name)
         stop_requested.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    restore_signals = on_stop_signals(_on_stop)
     broker = EmbeddedBroker(
         host,
         port,
@@ -516,8 +510,7 @@ def serve(
         return 0
     finally:
         broker.stop()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        restore_signals()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,12 +34,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 
+from ..times import parse_iso
 from . import synth
 from .produce import (
     DEFAULT_INTERVAL_S,
@@ -190,7 +190,7 @@ def score_alerts(
 
 def _ts_seconds(text: Any) -> float | None:
     try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+        return parse_iso(str(text)).timestamp()
     except ValueError:
         return None
 

@@ -29,20 +29,21 @@ import itertools
 import json
 import logging
 import math
-import signal
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
+from ..signals import on_stop_signals
+from ..times import iso_utc, parse_timestamp
 from . import synth
 
 __all__ = [
@@ -71,22 +72,10 @@ DEFAULT_INTERVAL_S = 300.0
 WEEK_S = 7 * 86400.0
 MIN_BLOCK, MAX_BLOCK = 64, 20160  # steps of one cycle of an endless synthetic stream
 STEPS_PER_ANOMALY = 500  # default spacing of injected anomalies, in steps
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 # ----------------------------------------------------------------------------------------------
 # Encoding
-
-
-def iso_utc(t: float) -> str:
-    """Epoch seconds as ISO 8601 UTC text with ``Z``; milliseconds only when there are some.
-
-    >>> iso_utc(0.0), iso_utc(1704067200.25)
-    ('1970-01-01T00:00:00Z', '2024-01-01T00:00:00.250Z')
-    """
-    ms = int(round(t * 1000.0))
-    text = (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
 
 
 def _num(v: float | None) -> float | None:
@@ -285,7 +274,6 @@ def _parse_start(text: str) -> float:
     """``--start`` as epoch seconds: ISO 8601 (naive = UTC), epoch seconds, or ``now``."""
     if text.strip().lower() == "now":
         return float(math.floor(time.time()))
-    from ..offline.data import parse_timestamp
 
     try:
         return parse_timestamp(text)
@@ -703,25 +691,15 @@ def install_stop_signals(
 
     ``announce`` gets the signal's name (default: a log line). Returns the restorer.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
+    def on_stop(name: str) -> None:
         if announce is None:
             logger.info("received %s: flushing and stopping", name)
         else:
             announce(name)
         stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-    return restore
+    return on_stop_signals(on_stop)
 
 
 def make_producer(bootstrap_servers: str | Sequence[str], **overrides: Any) -> Any:

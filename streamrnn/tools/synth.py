@@ -39,6 +39,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..times import datetime64_texts, parse_iso
+
 __all__ = [
     "ANOMALY_KINDS",
     "Anomaly",
@@ -57,7 +59,6 @@ ANOMALY_KINDS: tuple[str, ...] = ("spike", "level_shift", "stuck", "drift")
 
 _DAY_S = 86400.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # low-discrepancy spread of key scales
-_CSV_TIME = "%Y-%m-%d %H:%M:%S"
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _to_datetime64(start: datetime | str | np.datetime64) -> np.datetime64:
         return start.astype("datetime64[ms]")
     if isinstance(start, str):
         try:
-            start = datetime.fromisoformat(start.strip().replace("Z", "+00:00"))
+            start = parse_iso(start)
         except ValueError:
             raise ValueError(
                 f"start must be an ISO date-time such as '2024-01-01 00:00:00', got {start!r}"
@@ -367,13 +368,6 @@ def _safe_name(key: str) -> str:
     return name
 
 
-def _format_times(ts: np.ndarray, fmt: str = _CSV_TIME) -> list[str]:
-    ms = ts.astype("datetime64[ms]")
-    whole = (ms.astype(np.int64) % 1000 == 0).all()
-    text = np.datetime_as_string(ms, unit="s" if whole else "ms")
-    return [t.replace("T", " ") for t in text.tolist()]
-
-
 def write_csvs(series: Sequence[SyntheticSeries], out_dir: str | os.PathLike[str]) -> list[Path]:
     """Write ``<out_dir>/<key>.csv`` with a ``timestamp,value`` header per series.
 
@@ -388,7 +382,7 @@ def write_csvs(series: Sequence[SyntheticSeries], out_dir: str | os.PathLike[str
     paths = []
     for s, name in zip(series, names, strict=True):
         path = root / f"{name}.csv"
-        times = _format_times(s.timestamps)
+        times = datetime64_texts(s.timestamps)
         lines = [f"{t},{float(v)!r}" for t, v in zip(times, s.values.tolist(), strict=True)]
         path.write_text("timestamp,value\n" + "\n".join(lines) + ("\n" if lines else ""))
         paths.append(path)

@@ -1,0 +1,324 @@
+"""Publishing a poll's outcome and committing its offsets, in poll order, once acknowledged.
+
+:class:`Publisher` owns the two queues between a poll and its commit:
+
+* in flight: polls handed to the engine side whose outcome is not collected yet (at most one
+  beside the one the Kafka client is parsing);
+* unacked: scored polls whose messages (dead letters, alerts, scores: built on the engine side
+  by :mod:`.alerts`) are sent but not all acknowledged by the broker.
+
+Only once the broker acknowledged every message of a poll (acks=all) are its offsets moved and
+committed: nothing is lost. Sends are not awaited one poll at a time: the loop goes on polling
+and :meth:`Publisher.settle` commits each poll, oldest first, as its acknowledgements arrive.
+Failed sends are sent again with exponential backoff; while stopping, outputs that are still not
+acknowledged after ``shutdown_timeout_s`` are abandoned: no partition with events in hand is
+committed or checkpointed again (the next start processes them again).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ServiceConfig
+from .clients import Backoff
+from .consume import Poll
+from .engine_process import EngineClient
+from .health import Health
+from .metrics import Metrics
+from .partitions import PartitionTable
+from .worker import Outcome
+
+__all__ = ["Message", "Publisher"]
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+#: One message to send: (topic, key, value, headers).
+Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
+
+@dataclass
+class InFlight:
+    """A poll handed to the engine side whose outcome is not published yet."""
+
+    next_offsets: dict[TP, int]
+    seconds: float  # the Kafka side's time on it so far
+
+
+@dataclass
+class Unacked:
+    """A scored poll whose messages are sent but not all acknowledged: not committed yet."""
+
+    sent: list[tuple[Message, Any]]  # each message and its send future (None: send raised)
+    out: Outcome
+    reasons: Counter[str]
+    next_offsets: dict[TP, int]
+    seconds: float  # the Kafka side's time on it so far
+
+
+class Publisher:
+    """Hands polls to the engine side, publishes their outcomes and commits them in order.
+
+    ``producer`` and ``consumer`` (for commits) are set once the clients are connected."""
+
+    def __init__(
+        self,
+        svc: ServiceConfig,
+        engine: EngineClient,
+        table: PartitionTable,
+        metrics: Metrics,
+        health: Health,
+        stop: threading.Event,
+    ) -> None:
+        self.svc = svc
+        self.engine = engine
+        self.table = table
+        self.metrics = metrics
+        self.health = health
+        self.stop = stop
+        self.producer: Any = None
+        self.consumer: Any = None
+        self.inflight: deque[InFlight] = deque()
+        self.unacked: deque[Unacked] = deque()
+        self.abandoned = False  # a batch's outputs were never acknowledged: leave, no commit
+        self.late_total = 0  # late events scored (input.late_events: score)
+        self.moved_keys_total = 0
+        self._next_late_log = 0.0
+
+    # ------------------------------------------------------------------------------------------
+    # Polls in flight
+
+    def submit(self, poll: Poll, started: float) -> None:
+        """Hand one poll to the engine side; ``started``: ``perf_counter()`` when the Kafka side
+        began on it (its time is counted in the batch duration)."""
+        self.engine.submit(poll.parts, poll.headers)
+        self.inflight.append(InFlight(poll.next_offsets, time.perf_counter() - started))
+
+    def finish(self) -> bool:
+        """Collect the oldest poll in flight and send its messages (committed once acknowledged,
+        by :meth:`settle`)."""
+        t0 = time.perf_counter()
+        job = self.inflight.popleft()
+        out = self.engine.result()
+        self.metrics.engine_stats(out.stats)
+        svc = self.svc
+        messages: list[Message] = [(svc.dlq_topic, *m) for m in out.dead_letters]
+        messages.extend((svc.alerts_topic, k, v, None) for k, v in out.alerts)
+        if svc.scores_topic:
+            messages.extend((svc.scores_topic, k, v, None) for k, v in out.scores)
+        reasons = Counter(reason for _, reason, _ in out.rejects)
+        self._log_batch_notes(out)
+        sent = [(msg, self._send(msg)) for msg in messages]
+        seconds = job.seconds + time.perf_counter() - t0
+        self.unacked.append(Unacked(sent, out, reasons, job.next_offsets, seconds))
+        return True
+
+    def _send(self, msg: Message) -> Any:
+        """The send's future; None when the send raised (retried when the poll settles)."""
+        from kafka.errors import KafkaError
+
+        topic, key, value, headers = msg
+        try:
+            return self.producer.send(topic, key=key, value=value, headers=headers)
+        except KafkaError:
+            return None
+
+    def drain(self) -> bool:
+        """Publish and commit every poll in flight (before the state is read or changed)."""
+        while self.inflight:
+            if not self.finish():
+                return False
+        return self.settle(wait=True) and not self.abandoned
+
+    # ------------------------------------------------------------------------------------------
+    # Acknowledgements and commits
+
+    def settle(self, *, wait: bool) -> bool:
+        """Commit the scored polls whose messages are all acknowledged, oldest first; with
+        ``wait`` all of them (failed sends are retried with backoff). False when outputs were
+        never acknowledged (stopping): then nothing after them is committed or checkpointed."""
+        while self.unacked:
+            t0 = time.perf_counter()
+            u = self.unacked[0]
+            done = all(f is not None and f.is_done for _, f in u.sent)
+            if not done and not wait:
+                return True
+            if not done:
+                self._flush()
+            failed = [m for m, f in u.sent if f is None or not (f.is_done and f.succeeded())]
+            if failed:
+                self.metrics.broker_errors.inc()
+                error = next((f.exception for _, f in u.sent if f is not None and f.failed()), None)
+                log.warning(
+                    "%d of %d message(s) not acknowledged (%r); sending them again",
+                    len(failed),
+                    len(u.sent),
+                    error,
+                )
+                if not self.publish(failed):
+                    self._abandon()
+                    return False
+            self.unacked.popleft()
+            self._settled(u, time.perf_counter() - t0)
+        return True
+
+    def _flush(self) -> None:
+        """Wait for what the producer holds (a failure shows in the futures)."""
+        from kafka.errors import KafkaError
+
+        try:
+            self.producer.flush(timeout=self._flush_timeout(None))
+        except KafkaError as e:
+            log.debug("flush: %r", e)
+
+    def _flush_timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return max(30.0, self.svc.retry_backoff_max_s)
+        return max(0.1, deadline - time.monotonic())
+
+    def _abandon(self) -> None:
+        """Outputs were never acknowledged while stopping: no partition with events in hand is
+        committed or checkpointed again."""
+        self.abandoned = True
+        for held in [u.next_offsets for u in self.unacked] + [
+            j.next_offsets for j in self.inflight
+        ]:
+            self.table.mark_unsafe(held)
+        self.unacked.clear()
+        self.inflight.clear()
+
+    def _settled(self, u: Unacked, seconds: float) -> None:
+        """A poll's outputs are acknowledged: count it, move the offsets, commit."""
+        out = u.out
+        now = time.time()
+        m = self.metrics
+        m.processed(out.processed)
+        for reason, n in u.reasons.items():
+            m.reject(reason, n)
+        for topic, n in out.anomalies.items():
+            m.anomaly(topic, n)
+        if out.alerts:
+            m.alerts_published.inc(len(out.alerts))
+        m.observe_scores(out.score)
+        m.observe_event_lags(now - out.times)
+        m.engine_seconds.inc(out.seconds)
+        self.table.advance(u.next_offsets)
+        self.commit(u.next_offsets, wait=False)
+        m.batch_done(u.seconds + seconds)
+
+    def publish(self, messages: list[Message]) -> bool:
+        """Send and wait for every acknowledgement; failed sends are retried with backoff.
+
+        Returns False only when stopping and ``shutdown_timeout_s`` ran out first."""
+        if not messages:
+            return True
+        pending = messages
+        backoff = Backoff(self.svc.retry_backoff_max_s)
+        deadline: float | None = None
+        while True:
+            failed, error = self._send_and_flush(pending, deadline)
+            if not failed:
+                return True
+            self.metrics.broker_errors.inc()
+            self.health.tick()
+            if self.stop.is_set():
+                if deadline is None:
+                    deadline = time.monotonic() + self.svc.shutdown_timeout_s
+                if time.monotonic() >= deadline:
+                    log.error(
+                        "%d message(s) not acknowledged before the shutdown timeout (%r); "
+                        "not committing: the next start processes them again",
+                        len(failed),
+                        error,
+                    )
+                    return False
+            delay = backoff.next()
+            log.warning(
+                "%d of %d message(s) not acknowledged (%r); retrying in %.1f s",
+                len(failed),
+                len(pending),
+                error,
+                delay,
+            )
+            if self.stop.is_set():
+                time.sleep(min(delay, max(0.0, (deadline or 0.0) - time.monotonic())))
+            else:
+                self.stop.wait(delay)
+            pending = failed
+
+    def _send_and_flush(
+        self, messages: list[Message], deadline: float | None
+    ) -> tuple[list[Message], BaseException | None]:
+        """Send ``messages`` and flush; returns those not acknowledged and the first error."""
+        from kafka.errors import KafkaError
+
+        futures: list[Any] = []
+        error: BaseException | None = None
+        try:
+            for topic, key, value, headers in messages:
+                futures.append(self.producer.send(topic, key=key, value=value, headers=headers))
+            self.producer.flush(timeout=self._flush_timeout(deadline))
+        except KafkaError as e:
+            error = e
+        failed = [
+            m for m, f in zip(messages, futures, strict=False) if not (f.is_done and f.succeeded())
+        ]
+        failed += messages[len(futures) :]
+        if error is None:
+            error = next((f.exception for f in futures if f.is_done and f.failed()), None)
+        return failed, error
+
+    def commit(self, offsets: dict[TP, int], timeout_s: float = 30.0, *, wait: bool = True) -> None:
+        """Commit ``offsets`` of assigned partitions. With ``wait=False`` (after each batch) the
+        commit is not awaited: a failed one is logged and the next commit covers it; revocation
+        and shutdown commit with ``wait``."""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        todo = self.table.uncommitted(offsets)
+        if not todo:
+            return
+        request = {TopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in todo.items()}
+        try:
+            if wait:
+                self.consumer.commit(request, timeout_ms=int(timeout_s * 1000))
+                self.table.committed(todo)
+            else:
+                self.consumer.commit_async(
+                    request, callback=lambda _offsets, response: self._commit_done(todo, response)
+                )
+        except KafkaError as e:  # the next commit covers these offsets; state is checkpointed apart
+            self._commit_done(todo, e)
+
+    def _commit_done(self, todo: dict[TP, int], response: Any) -> None:
+        if isinstance(response, BaseException):
+            self.metrics.broker_errors.inc()
+            log.warning("offset commit failed (%r); the next batch's commit covers it", response)
+        else:
+            self.table.committed(todo)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _log_batch_notes(self, out: Outcome) -> None:
+        if out.late_scored:
+            self.late_total += out.late_scored
+            if time.monotonic() >= self._next_late_log:  # at most one line a minute
+                self._next_late_log = time.monotonic() + 60.0
+                log.info(
+                    "late events scored (input.late_events: score): %d so far", self.late_total
+                )
+        for key, old, new in out.moved:
+            self.moved_keys_total += 1
+            log.warning(
+                "key %r moved from %s-%d to %s-%d; its state follows it "
+                "(per-key order holds only within one partition)",
+                key,
+                *old,
+                *new,
+            )
