@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from streamrnn.config import Config, load_config
-from streamrnn.detector.engine import Engine, Results, wave_order
+from streamrnn.detector.engine import Engine, Results
 from streamrnn.detector.model import Forecaster
+from streamrnn.detector.waves import wave_order
 
 
 def make_stream(

@@ -17,16 +17,9 @@ import pytest
 
 from streamrnn.cli import main
 from streamrnn.tools import demo_model
-from streamrnn.tools.demo import score_alerts
-from streamrnn.tools.produce import (
-    InjectedAnomaly,
-    SyntheticStream,
-    TokenBucket,
-    csv_messages,
-    make_producer,
-    produce_events,
-    synthetic_series,
-)
+from streamrnn.tools.console import score_alerts
+from streamrnn.tools.produce import TokenBucket, csv_messages, make_producer, produce_events
+from streamrnn.tools.stream import InjectedAnomaly, SyntheticStream, synthetic_series
 
 
 def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 15.0) -> list[Any]:

@@ -179,7 +179,7 @@ def test_rebalance_takeover_restores_state(
 ) -> None:
     """Two instances on "two hosts" (separate state dirs, one state topic); B stops, A takes its
     partitions with the state B checkpointed to the state topic."""
-    caplog.set_level(logging.INFO, logger="streamrnn.service.app")
+    caplog.set_level(logging.INFO, logger="streamrnn.service")
     bs = kafka_broker.bootstrap_servers
     scores_topic = f"{topic_name}.scores"
     create_topics(bs, {topic_name: 4, scores_topic: 1})

@@ -2,6 +2,9 @@
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their command runs, so ``--help`` is fast.
+The commands' modules are in this package (``run``, ``produce``, ``demo``, ``broker``,
+``check_config``, ``bench``), except ``train``, ``replay`` and ``eval``, whose command lines
+still live beside their code in :mod:`streamrnn.offline`.
 """
 
 from __future__ import annotations
@@ -23,16 +26,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "check-config": ("streamrnn.cli.check_config", "validate a config file and print it resolved"),
     "broker": (
-        "streamrnn.tools.broker",
+        "streamrnn.cli.broker",
         "run the embedded Kafka-compatible broker in the foreground",
     ),
     "run": ("streamrnn.cli.run", "the Kafka detector daemon: score streams, publish alerts"),
     "produce": (
-        "streamrnn.tools.produce",
+        "streamrnn.cli.produce",
         "replay CSV files or generate synthetic streams into a topic",
     ),
     "demo": (
-        "streamrnn.tools.demo",
+        "streamrnn.cli.demo",
         "the one-command tour: broker, generator, model, detector, alerts",
     ),
     "bench": (

@@ -399,6 +399,15 @@ class Decoder:
         if not isinstance(obj, dict):
             raise _Bad("wrong_shape", f"event must be a JSON object, got {type(obj).__name__}")
 
+        has_value, vals = self._check_shape(obj)
+        key = self._key(obj, mkey)
+        self._values(obj, has_value, vals, row)
+        t = _time(obj.get(cfg.time_field), ts, cfg.time_field)
+        return key, t
+
+    def _check_shape(self, obj: dict[str, Any]) -> tuple[bool, Any]:
+        """Whether the event has ``value``, and its ``values``; raises for a wrong shape."""
+        cfg = self.config
         has_value = cfg.value_field in obj
         has_values = cfg.values_field in obj
         if has_value and has_values:
@@ -431,7 +440,11 @@ class Decoder:
                 f"{cfg.values_field}: names none of the model's features "
                 f"({', '.join(self.feature_names)}), got {_short(sorted(vals))}",
             )
+        return has_value, vals
 
+    def _key(self, obj: dict[str, Any], mkey: bytes | None) -> str:
+        """The event's key: its key field, else the message key (UTF-8)."""
+        cfg = self.config
         key = obj.get(cfg.key_field)
         if key is None:
             if mkey is None:
@@ -446,7 +459,12 @@ class Decoder:
             raise _Bad("missing_key", f"{cfg.key_field}: must be a string, got {_short(key)}")
         if not key:
             raise _Bad("missing_key", f"{cfg.key_field}: must not be empty")
+        return key
 
+    def _values(self, obj: dict[str, Any], has_value: bool, vals: Any, row: np.ndarray) -> None:
+        """The event's values into ``row`` (F,), by the number policy."""
+        cfg = self.config
+        has_values = cfg.values_field in obj
         if not has_value and not has_values:
             raise _Bad("missing_value", f"no {cfg.value_field!r} or {cfg.values_field!r} field")
         if has_value:
@@ -458,6 +476,3 @@ class Decoder:
             got = vals or {}
             for i, name in enumerate(self.feature_names):
                 row[i] = _number(got.get(name), f"{cfg.values_field}.{name}")
-
-        t = _time(obj.get(cfg.time_field), ts, cfg.time_field)
-        return key, t

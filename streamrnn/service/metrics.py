@@ -106,7 +106,26 @@ class Metrics:
         self._partitions: set[tuple[str, str]] = set()
         r = registry
 
-        # --- events -------------------------------------------------------------------------
+        self._define_events(r)
+        self._define_latency(r)
+        self._define_consumer(r)
+        self._define_state(r)
+        self._define_scores_and_model(r)
+        # Children for the known label values, so every series exists from the first scrape.
+        for outcome in EVENT_OUTCOMES:
+            self.events.labels(outcome=outcome)
+        for reason in self.reasons:
+            self.rejected.labels(reason=reason)
+        for topic in dict.fromkeys(topics):
+            self.anomalies.labels(topic=topic)
+        for outcome in CHECKPOINT_OUTCOMES:
+            self.checkpoints.labels(outcome=outcome)
+        for outcome in RELOAD_OUTCOMES:
+            self.model_reloads.labels(outcome=outcome)
+        self.ready.set(0)
+
+    def _define_events(self, r: CollectorRegistry) -> None:
+        """The events metrics."""
         self.events = Counter(
             "streamrnn_events_total",
             "Events consumed from the source topics, by outcome: processed (scored by the model) "
@@ -142,7 +161,8 @@ class Metrics:
             registry=r,
         )
 
-        # --- latency ------------------------------------------------------------------------
+    def _define_latency(self, r: CollectorRegistry) -> None:
+        """The latency metrics."""
         self.batch_duration = Histogram(
             "streamrnn_batch_duration_seconds",
             "Wall-clock seconds of the Kafka side's work on one polled batch: hand it over, wait "
@@ -168,7 +188,8 @@ class Metrics:
             registry=r,
         )
 
-        # --- consumer -----------------------------------------------------------------------
+    def _define_consumer(self, r: CollectorRegistry) -> None:
+        """The consumer metrics."""
         self.consumer_lag = Gauge(
             "streamrnn_consumer_lag",
             "Messages between the committed position and the end of each assigned partition.",
@@ -186,7 +207,8 @@ class Metrics:
             registry=r,
         )
 
-        # --- state --------------------------------------------------------------------------
+    def _define_state(self, r: CollectorRegistry) -> None:
+        """The state metrics."""
         self.active_keys = Gauge(
             "streamrnn_active_keys",
             "Keys whose state is resident in the state store.",
@@ -215,7 +237,8 @@ class Metrics:
             registry=r,
         )
 
-        # --- scores and model ---------------------------------------------------------------
+    def _define_scores_and_model(self, r: CollectorRegistry) -> None:
+        """The scores and model metrics."""
         self.anomaly_score = Histogram(
             "streamrnn_anomaly_score",
             "Calibrated anomaly score in [0, 1] of every scored event.",
@@ -235,19 +258,6 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-
-        # Children for the known label values, so every series exists from the first scrape.
-        for outcome in EVENT_OUTCOMES:
-            self.events.labels(outcome=outcome)
-        for reason in self.reasons:
-            self.rejected.labels(reason=reason)
-        for topic in dict.fromkeys(topics):
-            self.anomalies.labels(topic=topic)
-        for outcome in CHECKPOINT_OUTCOMES:
-            self.checkpoints.labels(outcome=outcome)
-        for outcome in RELOAD_OUTCOMES:
-            self.model_reloads.labels(outcome=outcome)
-        self.ready.set(0)
 
     # ------------------------------------------------------------------------------------------
     # Convenience updates; the attributes above stay public for anything else.
