@@ -23,7 +23,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,17 +42,6 @@ CONFIG = "config.yaml"
 INFO = "model.json"
 NORMALIZATION = "normalization.json"
 FORMAT = 1
-
-
-@dataclass
-class LoadedModel:
-    """A forecaster ready for inference, with what it was trained with."""
-
-    model: Forecaster
-    config: Config
-    version: str
-    feature_names: tuple[str, ...]
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -171,7 +160,14 @@ class ModelInfo:
     config: Config
     version: str
     feature_names: tuple[str, ...]
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any]
+
+
+@dataclass
+class LoadedModel(ModelInfo):
+    """A forecaster ready for inference, with what it was trained with."""
+
+    model: Forecaster
 
 
 def read_model_info(model_dir: str | Path) -> ModelInfo:
@@ -244,6 +240,4 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
         raise ValueError(f"{d / WEIGHTS}: weights do not fit the configured model ({e})") from e
     model.to(dev).eval()
     logger.info("loaded model %s from %s on %s", version, d, dev)
-    return LoadedModel(
-        model=model, config=config, version=version, feature_names=tuple(names), info=info
-    )
+    return LoadedModel(**vars(meta), model=model)

@@ -188,14 +188,7 @@ def load_series(
     if isinstance(paths, (str, Path)):
         paths = [paths]
     if value_columns is not None:
-        value_columns = tuple(value_columns)
-        if not value_columns:
-            raise ValueError("value_columns: must name at least one column, got []")
-        if len(set(value_columns)) != len(value_columns):
-            raise ValueError(f"value_columns: must not repeat a column, got {list(value_columns)}")
-        for special in (time_column, key_column):
-            if special is not None and special in value_columns:
-                raise ValueError(f"value_columns: must not include the time/key column {special!r}")
+        value_columns = _checked_value_columns(value_columns, time_column, key_column)
     files = _csv_files(paths)
     if not files:
         raise ValueError("no input files given")
@@ -206,11 +199,7 @@ def load_series(
     seen_keys: dict[str, Path] = {}
     for path, relpath in files:
         header, rows, lines = _read_rows(path)
-        if time_column not in header:
-            raise ValueError(f"{path}: time column {time_column!r} not found (columns: {header})")
-        if key_column is not None and key_column not in header:
-            raise ValueError(f"{path}: key column {key_column!r} not found (columns: {header})")
-        here = tuple(h for h in header if h not in (time_column, key_column))
+        here = _features_of(path, header, time_column, key_column)
         if features is None:
             if not here:
                 raise ValueError(f"{path}: no value columns besides {time_column!r}")
@@ -225,50 +214,110 @@ def load_series(
                 f"{list(here)}; training needs the same feature set in every file "
                 f"(choose the columns with value_columns)"
             )
-
         columns = list(zip(*rows, strict=True))  # one tuple of texts per header column
         col = {name: columns[i] for i, name in enumerate(header)}
         stamps: tuple[str, ...] = col[time_column]
         times = _parse_times(stamps, lines, str(path))  # (N,)
-        values = np.empty((len(rows), len(features)), dtype=np.float32)  # (N, F)
-        for j, name in enumerate(features):
-            values[:, j], bad = _parse_values(col[name])
-            if bad:
-                logger.warning(
-                    "%s: %d non-numeric cell(s) in column %r read as missing (first: line %d, %r)",
-                    path,
-                    len(bad),
-                    name,
-                    lines[bad[0]],
-                    col[name][bad[0]],
-                )
-
+        values = _values_of(path, col, features, lines, len(rows))  # (N, F)
         if key_column is None:
             key = relpath[: -len(".csv")] if relpath.endswith(".csv") else relpath
             _claim(seen_keys, key, path)
             out.append(Series(key, relpath, list(stamps), times, values, features))
             _warn_order(times, path, key)
-            continue
-        groups: dict[str, list[int]] = {}
-        for i, k in enumerate(col[key_column]):
-            if not k.strip():
-                raise ValueError(
-                    f"{path}, line {lines[i]}: empty key in column {key_column!r}: {k!r}"
-                )
-            groups.setdefault(k, []).append(i)
-        for k, idx in groups.items():
-            if k in seen_keys:
-                logger.info(
-                    "key %r appears in %s and %s: one series per file", k, seen_keys[k], path
-                )
-            seen_keys.setdefault(k, path)
-            sel = np.asarray(idx, dtype=np.int64)  # (n_k,)
-            series = Series(k, relpath, [stamps[i] for i in idx], times[sel], values[sel], features)
-            _warn_order(series.times, path, k)
-            out.append(series)
+        else:
+            out += _split_by_key(
+                path,
+                relpath,
+                key_column,
+                col[key_column],
+                lines,
+                stamps,
+                times,
+                values,
+                features,
+                seen_keys,
+            )
     logger.info(
         "loaded %d series, %d rows from %d file(s)", len(out), sum(len(s) for s in out), len(files)
     )
+    return out
+
+
+def _checked_value_columns(
+    value_columns: Sequence[str], time_column: str, key_column: str | None
+) -> tuple[str, ...]:
+    value_columns = tuple(value_columns)
+    if not value_columns:
+        raise ValueError("value_columns: must name at least one column, got []")
+    if len(set(value_columns)) != len(value_columns):
+        raise ValueError(f"value_columns: must not repeat a column, got {list(value_columns)}")
+    for special in (time_column, key_column):
+        if special is not None and special in value_columns:
+            raise ValueError(f"value_columns: must not include the time/key column {special!r}")
+    return value_columns
+
+
+def _features_of(
+    path: Path, header: list[str], time_column: str, key_column: str | None
+) -> tuple[str, ...]:
+    """The file's columns but the time and key columns (which must be there)."""
+    if time_column not in header:
+        raise ValueError(f"{path}: time column {time_column!r} not found (columns: {header})")
+    if key_column is not None and key_column not in header:
+        raise ValueError(f"{path}: key column {key_column!r} not found (columns: {header})")
+    return tuple(h for h in header if h not in (time_column, key_column))
+
+
+def _values_of(
+    path: Path,
+    col: dict[str, tuple[str, ...]],
+    features: Sequence[str],
+    lines: Sequence[int],
+    n: int,
+) -> np.ndarray:
+    """The value columns as (N, F) float32, non-numeric cells missing (logged)."""
+    values = np.empty((n, len(features)), dtype=np.float32)  # (N, F)
+    for j, name in enumerate(features):
+        values[:, j], bad = _parse_values(col[name])
+        if bad:
+            logger.warning(
+                "%s: %d non-numeric cell(s) in column %r read as missing (first: line %d, %r)",
+                path,
+                len(bad),
+                name,
+                lines[bad[0]],
+                col[name][bad[0]],
+            )
+    return values
+
+
+def _split_by_key(
+    path: Path,
+    relpath: str,
+    key_column: str,
+    keys: Sequence[str],
+    lines: Sequence[int],
+    stamps: Sequence[str],
+    times: np.ndarray,
+    values: np.ndarray,
+    features: tuple[str, ...],
+    seen_keys: dict[str, Path],
+) -> list[Series]:
+    """A long-format file's series, one per key in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        if not k.strip():
+            raise ValueError(f"{path}, line {lines[i]}: empty key in column {key_column!r}: {k!r}")
+        groups.setdefault(k, []).append(i)
+    out = []
+    for k, idx in groups.items():
+        if k in seen_keys:
+            logger.info("key %r appears in %s and %s: one series per file", k, seen_keys[k], path)
+        seen_keys.setdefault(k, path)
+        sel = np.asarray(idx, dtype=np.int64)  # (n_k,)
+        series = Series(k, relpath, [stamps[i] for i in idx], times[sel], values[sel], features)
+        _warn_order(series.times, path, k)
+        out.append(series)
     return out
 
 

@@ -1,1 +1,2 @@
-"""The long-lived service: Kafka consumer loop, codec, dead letters, alerts, checkpoints, metrics."""
+"""The long-lived service, in the order of one poll: consume, decode, the engine side, alerts,
+publish, partitions, checkpoints; health, metrics and the HTTP endpoint; ``app.Detector``."""

@@ -124,6 +124,11 @@ class MetricsServer(ThreadingHTTPServer):
         health: Probe,
         ready: Probe,
     ) -> MetricsServer:
+        """Serve ``registry`` on ``http://host:port/metrics`` plus ``/healthz`` and ``/readyz``.
+
+        ``health`` and ``ready`` return a bool (or ``(bool, reason)``); a false one answers
+        503 with a short reason, an exception answers 503 too.
+        """
         server = cls(registry, host, port, health, ready)
         thread = threading.Thread(
             target=server.serve_forever,
@@ -152,16 +157,5 @@ class MetricsServer(ThreadingHTTPServer):
         self.shutdown()
 
 
-def start_http(
-    registry: CollectorRegistry,
-    host: str,
-    port: int,
-    health: Probe,
-    ready: Probe,
-) -> MetricsServer:
-    """Serve ``registry`` on ``http://host:port/metrics`` plus ``/healthz`` and ``/readyz``.
-
-    ``health`` and ``ready`` return a bool (or ``(bool, reason)``); a false one answers
-    503 with a short reason, an exception answers 503 too.
-    """
-    return MetricsServer.start_http(registry, host, port, health, ready)
+#: Serve a registry with the health and readiness checks (:meth:`MetricsServer.start_http`).
+start_http = MetricsServer.start_http

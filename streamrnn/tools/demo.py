@@ -1,23 +1,9 @@
-"""The one-command tour: embedded broker, synthetic streams, a model, the detector, live alerts.
+"""The demo tour: one run of ``streamrnn demo`` (its command line is :mod:`streamrnn.cli.demo`).
 
-``streamrnn demo`` starts, all in one process and with no network beyond loopback:
-
-1. an embedded Kafka-compatible broker (Tansu, in memory) on a free port, with the topics
-   ``readings`` (4 partitions), ``streamrnn.alerts``, ``streamrnn.dlq`` and ``streamrnn.scores``;
-2. a generator: synthetic energy-demand and sensor streams (5-minute readings, daily and weekly
-   seasonality, per-key scales) with injected spikes, level shifts, stuck values and drifts,
-   sent at ``--rate`` messages per second, plus a malformed message every few seconds so the
-   dead-letter topic has something to show;
-3. the detector (``streamrnn run``'s :class:`~streamrnn.service.app.Detector`, in a thread) with
-   the small model shipped in the package (or ``--model``), serving ``/metrics``, ``/healthz``
-   and ``/readyz``;
-4. a console view: one line per alert (event time, key, value, expected, score, and which
-   injected anomaly it belongs to, if any) and a status line every few seconds.
-
-Ctrl+C, SIGTERM or ``--seconds`` stop the generator, then the detector (gracefully: flush,
-commit, checkpoint), then the broker, and print a summary: events, alerts, dead letters, and how
-many injected anomalies got an alert (recall) and how many alerts belong to an injected anomaly
-(precision).
+:class:`Demo` starts an embedded broker with the demo topics, the detector in a thread with the
+shipped model, a console view (:mod:`.console`) and a generator of synthetic readings
+(:mod:`.stream`) with injected anomalies and a few malformed messages; it stops them in reverse
+order and prints a summary with the alerts' recall and precision against the injected anomalies.
 """
 
 from __future__ import annotations
