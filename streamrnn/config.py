@@ -16,8 +16,11 @@ streamrnn.config.ConfigError: model.hidden_size: must be an integer >= 1, got 0
 from __future__ import annotations
 
 import dataclasses
+import re
+import string
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +216,133 @@ class ServiceConfig:
     retry_backoff_max_s: float = _rule(30.0, lambda x: x > 0, "must be > 0")
 
 
+#: Labels every alert carries; ``alerts.labels`` adds others and may not redefine these.
+ALERT_LABELS: tuple[str, ...] = ("alertname", "key", "topic", "model", "severity")
+#: Placeholders of ``alerts.generator_url``.
+GENERATOR_URL_FIELDS: tuple[str, ...] = ("key", "topic", "partition", "offset", "ts", "alertname")
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _urls_ok(urls: tuple[str, ...]) -> bool:
+    for u in urls:
+        try:
+            parts = urllib.parse.urlsplit(u)
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+    return True
+
+
+def _labels_ok(labels: dict[str, str]) -> bool:
+    return all(
+        _LABEL_NAME.match(name) and not name.startswith("__") and name not in ALERT_LABELS and field
+        for name, field in labels.items()
+    )
+
+
+def _template_ok(text: str | None) -> bool:
+    if not text:
+        return True
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError:
+        return False
+    return all(n in GENERATOR_URL_FIELDS for n in names)
+
+
+def _nonempty(x: str) -> bool:
+    return bool(x.strip())
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """How notifications reach each sink's targets: off the hot path, bounded, retried."""
+
+    # Notifications waiting per target URL; a new key's notification beyond it is dropped (counted).
+    queue_size: int = _rule(10_000, _pos, "must be an integer >= 1")
+    # Seconds one HTTP request may take.
+    timeout_s: float = _rule(10.0, lambda x: x > 0, "must be > 0")
+    # Longest pause between retries of a failing target (exponential from 0.5 s).
+    retry_backoff_max_s: float = _rule(30.0, lambda x: x > 0, "must be > 0")
+    # A notification still undelivered this long after it was queued is dropped (counted).
+    max_age_s: float = _rule(600.0, lambda x: x > 0, "must be > 0")
+
+
+@dataclass(frozen=True)
+class AlertmanagerSinkConfig:
+    """``POST /api/v2/alerts`` to every URL (each member of an Alertmanager cluster)."""
+
+    # Base URLs, e.g. http://alertmanager:9093; empty: no Alertmanager sink.
+    urls: tuple[str, ...] = _rule((), _urls_ok, "must be a list of http:// or https:// URLs")
+    # Active alerts are sent again this often, each valid (endsAt) for 4 intervals, as Prometheus
+    # does: Alertmanager neither resolves a live one nor keeps one whose detector died.
+    resend_interval_s: float = _rule(60.0, lambda x: x > 0, "must be > 0")
+    # File holding a bearer token sent as "Authorization: Bearer ..." (never logged).
+    bearer_token_file: str | None = None
+    # CA bundle for https URLs (default: the system's).
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class WebhookSinkConfig:
+    """A JSON POST per notification, for systems without Alertmanager."""
+
+    urls: tuple[str, ...] = _rule((), _urls_ok, "must be a list of http:// or https:// URLs")
+    # File holding the HMAC-SHA256 key; each body is signed into signature_header (never logged).
+    secret_file: str | None = None
+    signature_header: str = _rule(
+        "X-Streamrnn-Signature",
+        lambda x: re.fullmatch(r"[A-Za-z0-9-]+", x) is not None,
+        "must be an HTTP header name (A-Z a-z 0-9 -)",
+    )
+    # Also POST when an alert resolves.
+    send_resolved: bool = True
+    bearer_token_file: str | None = None
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    alertmanager: AlertmanagerSinkConfig = field(default_factory=AlertmanagerSinkConfig)
+    webhook: WebhookSinkConfig = field(default_factory=WebhookSinkConfig)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Alerts that reach a person: labels, resolution, grouping and the sinks (streamrnn/alerts)."""
+
+    alertname: str = _rule("StreamrnnAnomaly", _nonempty, "must not be empty")
+    severity: str = _rule("warning", _nonempty, "must not be empty")
+    # More labels, each from a field of the flagged input event: {label: event field}.
+    labels: dict[str, str] = _rule_factory(
+        dict,
+        _labels_ok,
+        "must map label names ([A-Za-z_][A-Za-z0-9_]*, not __*, not "
+        + ", ".join(ALERT_LABELS)
+        + ") to event field names",
+    )
+    # Link in every alert; placeholders: {key} {topic} {partition} {offset} {ts} {alertname}.
+    generator_url: str | None = _rule(
+        None,
+        _template_ok,
+        "must be a URL template whose placeholders are among "
+        + ", ".join("{" + f + "}" for f in GENERATOR_URL_FIELDS),
+    )
+    # An alert resolves after this many unflagged events of its key in a row (more than
+    # scoring.cooldown, so a sustained anomaly flagged once per cooldown stays one alert) ...
+    resolve_after_events: int = _rule(100, _pos, "must be an integer >= 1")
+    # ... or this many seconds after its key's last flagged event (a key that went quiet).
+    resolve_timeout_s: float = _rule(3600.0, lambda x: x > 0, "must be > 0")
+    # A key's notifications after its first wait until this long after its previous one and
+    # collapse into one, as Alertmanager groups within its group_interval.
+    group_interval_s: float = _rule(60.0, _nonneg, "must be >= 0")
+    # Active alerts tracked at most; a new one beyond is dropped (counted), never queued.
+    max_active: int = _rule(10_000, _pos, "must be an integer >= 1")
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -222,6 +352,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     input: InputConfig = field(default_factory=InputConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -249,6 +380,8 @@ def _describe(tp: Any) -> str:
         return "must be a string"
     if origin in (tuple, list):
         return "must be a list of strings"
+    if origin is dict:
+        return "must be a mapping of strings to strings"
     if origin in (typing.Union, types.UnionType):
         return (
             " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
@@ -298,6 +431,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise bad
         return tuple(value)
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise bad
+        return dict(value)
     raise bad  # pragma: no cover - a field type this loader does not know
 
 
