@@ -24,8 +24,8 @@ install: $(BIN)/.installed ## create .venv and install streamrnn with torch pinn
 test: install ## run the whole test suite (embedded Kafka broker and Prometheus included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install ## unit tests only: no broker, no Prometheus
-	$(BIN)/python -m pytest -m "not kafka and not prometheus and not slow" $(PYTEST_ARGS)
+test-fast: install ## unit tests only: no broker, no Prometheus, no Alertmanager
+	$(BIN)/python -m pytest -m "not kafka and not prometheus and not alertmanager and not slow" $(PYTEST_ARGS)
 
 demo: install ## the one-command tour: embedded broker, generator, model, detector, live alerts, metrics
 	$(BIN)/streamrnn demo

@@ -26,9 +26,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -44,7 +44,8 @@ RULES_TEST = DEPLOY / "prometheus" / "rules" / "streamrnn_test.yml"
 # Finding or installing Prometheus
 
 _FOUND: tuple[str, str] | None = None
-_INSTALL_LOCK = Path("/tmp/streamrnn-prometheus-install.lock")
+_INSTALL_LOCK = Path("/tmp/streamrnn-prometheus-install.lock")  # one apt-get at a time
+T = TypeVar("T")
 
 
 def _which(name: str) -> str | None:
@@ -85,43 +86,49 @@ def ensure_prometheus() -> tuple[str, str]:
     or when the install fails, the calling test is skipped.
     """
     global _FOUND
-    if _FOUND is not None:
-        return _FOUND
-    found = _find()
-    if found is None:
-        if os.name != "posix" or os.geteuid() != 0:
-            pytest.skip(
-                "prometheus/promtool not installed and not root (apt-get install prometheus)"
-            )
-        if shutil.which("apt-get") is None:
-            pytest.skip("prometheus/promtool not installed and no apt-get to install them")
-        found = _install()
-    _FOUND = found
-    return found
+    if _FOUND is None:
+        _FOUND = ensure_debian_package("prometheus", _find)
+    return _FOUND
 
 
-def _install() -> tuple[str, str]:
+def ensure_debian_package(package: str, find: Callable[[], T | None]) -> T:
+    """What ``find`` returns, after ``apt-get install -y PACKAGE`` when it returns None.
+
+    The install needs root and apt-get (``apt-get update`` first if the install fails); without
+    them, or when the install fails or ``find`` still finds nothing, the calling test is skipped.
+    """
+    found = find()
+    if found is not None:
+        return found
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip(f"{package} not installed and not root (apt-get install {package})")
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"{package} not installed and no apt-get to install it")
+    return _install(package, find)
+
+
+def _install(package: str, find: Callable[[], T | None]) -> T:
     import fcntl  # POSIX only; imported here so the module imports everywhere
 
     with open(_INSTALL_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (pytest-xdist workers)
         try:
-            found = _find()
+            found = find()
             if found is not None:
                 return found
-            install = ("install", "-y", "--no-install-recommends", "prometheus")
+            install = ("install", "-y", "--no-install-recommends", package)
             result = _apt(*install)
             if result.returncode != 0:
                 update = _apt("update")
                 if update.returncode != 0:
                     pytest.skip(f"apt-get update failed: {update.stderr.strip()[-500:]}")
                 result = _apt(*install)
-            found = _find()
+            found = find()
             if result.returncode != 0 or found is None:
-                pytest.skip(f"apt-get install prometheus failed: {result.stderr.strip()[-500:]}")
+                pytest.skip(f"apt-get install {package} failed: {result.stderr.strip()[-500:]}")
             return found
         except subprocess.TimeoutExpired:
-            pytest.skip("apt-get install prometheus timed out")
+            pytest.skip(f"apt-get install {package} timed out")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
