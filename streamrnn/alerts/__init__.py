@@ -1,0 +1,8 @@
+"""Alerts that reach a person: the Alertmanager and webhook sinks, ``streamrnn alerts list`` and
+``streamrnn explain``. See docs/alerts.md for the delivery semantics."""
+
+from .incidents import Notice, Recovery
+from .message import Alert, MessageError
+from .sinks import AlertSinks
+
+__all__ = ["Alert", "AlertSinks", "MessageError", "Notice", "Recovery"]
