@@ -1,0 +1,141 @@
+"""Recent and active alerts from the alerts topic.
+
+``streamrnn alerts list`` reads the alerts topic (``service.alerts_topic`` of ``--config``) from
+``--since`` to its end, keeps the alerts of the ``--key`` patterns, and prints them with a summary
+per key; ``--active`` keeps the keys whose latest alert is within ``alerts.resolve_timeout_s``.
+It joins no consumer group and commits nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import orjson
+
+from ..config import ConfigError, load_config
+from .listing import format_alerts, format_summary, select, summarize
+from .message import Alert, MessageError
+from .reader import TopicError, parse_when, read_topic
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+examples:
+  streamrnn alerts list --config service.yaml
+  streamrnn alerts list --bootstrap-servers kafka:9092 --since 6h --key 'meter-*'
+  streamrnn alerts list --config service.yaml --active
+  streamrnn alerts list --config service.yaml --since 2024-03-01T00:00:00Z --until 2024-03-02 --json
+"""
+
+
+def add_kafka_arguments(parser: argparse.ArgumentParser, topic_help: str) -> None:
+    """``--config``, ``--bootstrap-servers`` and ``--topic``: where to read (shared with explain)."""
+    parser.add_argument("--config", help="the detector's YAML config (default: built-in defaults)")
+    parser.add_argument(
+        "--bootstrap-servers", help="comma-separated host:port list (service.bootstrap_servers)"
+    )
+    parser.add_argument("--topic", help=topic_help)
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="stop reading after this many seconds (60)"
+    )
+
+
+def servers_override(args: argparse.Namespace) -> list[str] | None:
+    if args.bootstrap_servers is None:
+        return None
+    return [s.strip() for s in args.bootstrap_servers.split(",") if s.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = sub.add_parser(
+        "list",
+        help="recent and active alerts from the alerts topic",
+        description=__doc__.strip().split("\n\n")[1] if __doc__ else None,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_kafka_arguments(ls, "alerts topic (service.alerts_topic)")
+    ls.add_argument(
+        "--key", action="append", default=[], help="key or shell pattern; repeat for several"
+    )
+    ls.add_argument(
+        "--since", default="24h", help="event time from: 90s, 15m, 6h, 2d, 1w or ISO 8601 (24h)"
+    )
+    ls.add_argument("--until", help="event time before: a duration ago or ISO 8601")
+    ls.add_argument(
+        "--active",
+        action="store_true",
+        help="only keys whose latest alert is within alerts.resolve_timeout_s",
+    )
+    ls.add_argument("--limit", type=int, default=50, help="print at most the latest N alerts (50)")
+    ls.add_argument("--json", action="store_true", help="one JSON alert message a line, no table")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(
+            args.config,
+            overrides={
+                "service.bootstrap_servers": servers_override(args),
+                "service.alerts_topic": args.topic,
+            },
+        )
+        now = time.time()
+        since = parse_when(args.since, now)
+        until = parse_when(args.until, now) if args.until else None
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    svc = config.service
+    try:
+        alerts, bad = _read(svc.bootstrap_servers, svc.alerts_topic, since, args.timeout)
+    except TopicError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    chosen = select(alerts, keys=args.key, since=since, until=until)
+    summaries = summarize(chosen, now=now, active_s=config.alerts.resolve_timeout_s)
+    if args.active:
+        live = {s.key for s in summaries if s.active}
+        chosen = [a for a in chosen if a.key in live]
+        summaries = [s for s in summaries if s.active]
+    if bad:
+        print(f"warning: {bad} message(s) of {svc.alerts_topic} are not alerts", file=sys.stderr)
+    if args.json:
+        for a in chosen:
+            sys.stdout.write(orjson.dumps(dict(a.raw)).decode() + "\n")
+        return 0
+    _print(chosen, summaries, args.limit, svc.alerts_topic, config.alerts.resolve_timeout_s)
+    return 0
+
+
+def _read(
+    servers: tuple[str, ...], topic: str, since: float, timeout_s: float
+) -> tuple[list[Alert], int]:
+    alerts, bad = [], 0
+    for r in read_topic(servers, topic, since=since, timeout_s=timeout_s):
+        try:
+            alerts.append(Alert.parse(r.value))
+        except MessageError:
+            bad += 1
+    return alerts, bad
+
+
+def _print(chosen: list[Alert], summaries: list, limit: int, topic: str, active_s: float) -> None:
+    if not chosen:
+        print(f"no alerts in {topic} for this selection")
+        return
+    shown = chosen[-limit:] if limit > 0 else chosen
+    if len(shown) < len(chosen):
+        print(f"(the latest {len(shown)} of {len(chosen)} alerts; --limit to see more)")
+    print(format_alerts(shown))
+    print()
+    print(format_summary(summaries))
+    active = sum(s.active for s in summaries)
+    print(
+        f"\n{len(chosen)} alert(s) of {len(summaries)} key(s); {active} active "
+        f"(latest alert less than {active_s:g} s old)"
+    )
