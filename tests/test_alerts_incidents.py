@@ -241,3 +241,14 @@ def test_alerts_config_defaults_keep_a_sustained_anomaly_one_alert() -> None:
     cfg = load_config(None)
     assert cfg.alerts == AlertsConfig()
     assert cfg.alerts.resolve_after_events > cfg.scoring.cooldown
+
+
+def test_queue_keep_alive_is_not_held_by_the_group_interval() -> None:
+    clock = Clock()
+    q: KeyedQueue[str] = KeyedQueue(10, 60.0, monotonic=clock.monotonic)
+    q.offer("k", "v1")
+    ((entry, _, version),) = q.take(1)
+    q.done(entry, version)
+    clock.advance(1)
+    assert q.offer("k", "again", hold=False) == "queued"
+    assert [item for _, item, _ in q.take(1)] == ["again"]

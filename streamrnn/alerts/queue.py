@@ -68,8 +68,9 @@ class KeyedQueue(Generic[T]):
         with self._cond:
             return len(self._entries)
 
-    def offer(self, key: str, item: T) -> Offered:
-        """Queue ``item`` as ``key``'s latest state (see the module docstring)."""
+    def offer(self, key: str, item: T, *, hold: bool = True) -> Offered:
+        """Queue ``item`` as ``key``'s latest state (see the module docstring); with ``hold``
+        False (a keep-alive re-send) a new entry is due at once, group interval or not."""
         with self._cond:
             now = self._now()
             e = self._entries.get(key)
@@ -83,7 +84,7 @@ class KeyedQueue(Generic[T]):
                 return "dropped"
             self._forget_sent(now)
             last = self._sent.get(key)
-            due = now if last is None else max(now, last + self.group_interval_s)
+            due = now if last is None or not hold else max(now, last + self.group_interval_s)
             e = Entry(key, item, 0, now, due)
             self._entries[key] = e
             self._push(e)
