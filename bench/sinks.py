@@ -141,10 +141,7 @@ def delivery(sink: str, url: str, n: int) -> dict[str, float]:
     if sink == "alertmanager":
         sent = reg.get_sample_value("streamrnn_sink_sent_total", labels) or 0
         t1 = time.perf_counter()
-        sinks._start_rounds()  # one re-send round of every active alert, timed
-        sinks.targets[0].queue.wake()
-        with sinks._cond:
-            sinks._cond.notify()
+        sinks.resend_now()  # one re-send round of every active alert, timed
         while (reg.get_sample_value("streamrnn_sink_sent_total", labels) or 0) < sent + n:
             if time.perf_counter() - t1 > 600:
                 raise RuntimeError("re-send round not delivered in 600 s")

@@ -224,3 +224,32 @@ def test_every_member_of_an_alertmanager_pair_gets_the_alert(tmp_path: Path) -> 
             )
             == 2
         )
+
+
+def test_an_idle_alertmanager_target_is_probed_so_a_broken_path_shows_before_a_page(
+    tmp_path: Path,
+) -> None:
+    from promtools import free_port
+
+    reg = CollectorRegistry()
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens
+    sinks = start_sinks([url], reg, **{"sinks.alertmanager.resend_interval_s": 0.5})
+    labels = {"sink": "alertmanager", "target": url}
+    wait_until(
+        "a failed probe",
+        lambda: reg.get_sample_value("streamrnn_sink_last_failure_timestamp_seconds", labels),
+        timeout=10,
+    )
+    assert reg.get_sample_value("streamrnn_sink_last_success_timestamp_seconds", labels) == 0
+    assert reg.get_sample_value("streamrnn_sink_sent_total", labels) == 0
+    sinks.close(1.0)
+    with AlertmanagerServer(tmp_path) as am:
+        reg = CollectorRegistry()
+        sinks = start_sinks([am.url], reg, **{"sinks.alertmanager.resend_interval_s": 0.5})
+        labels = {"sink": "alertmanager", "target": am.url}
+        wait_until(
+            "a successful probe",
+            lambda: reg.get_sample_value("streamrnn_sink_last_success_timestamp_seconds", labels),
+            timeout=10,
+        )
+        sinks.close(1.0)

@@ -21,6 +21,7 @@ from amtools import Recorder, wait_until
 from prometheus_client import CollectorRegistry
 
 from streamrnn.alerts import AlertSinks, Recovery
+from streamrnn.alerts.incidents import fingerprint
 from streamrnn.alerts.metrics import DROP_REASONS
 from streamrnn.alerts.transport import Transport, display_url
 from streamrnn.alerts.webhook import verify
@@ -77,7 +78,7 @@ def test_webhook_fires_and_resolves_with_a_signature_that_verifies(
         assert not verify(b"other-key", r.body, header)
         assert not verify(b"s3cret-key", r.body + b" ", header)
     body = fired.json()
-    assert body["id"] == "readings/0/41"
+    assert body["id"] == fingerprint(body["labels"])
     assert body["key"] == "meter 7"
     assert body["labels"]["site"] == "north"
     assert body["labels"]["alertname"] == "StreamrnnAnomaly"
@@ -222,6 +223,44 @@ def test_full_queue_expiry_and_shutdown_drops_are_counted(recorder: Recorder) ->
     sinks.close(0.3)
     assert dropped("shutdown") == 1
     assert sample(reg, "streamrnn_sink_sent_total", **labels) == 0
+
+
+def test_timeout_superseded_overflow_and_malformed_reach_the_receiver_or_the_counts(
+    recorder: Recorder,
+) -> None:
+    reg = CollectorRegistry()
+    sinks = make_sinks(
+        reg,
+        **{
+            "sinks.webhook.urls": [recorder.url],
+            "resolve_timeout_s": 1.0,
+            "max_active": 2,
+            "group_interval_s": 0.0,
+        },
+    )
+    now = time.time()
+    sinks.submit([alert_message("quiet", 1, now - 5)])
+    sinks.submit([alert_message("reloaded", 2, now - 4, model="v1")])
+    sinks.submit([alert_message("reloaded", 3, now - 3, model="v2")])
+    sinks.submit([alert_message("one-too-many", 4, now - 2)])
+    sinks.submit([b"{not json"])
+    timed_out = recorder.wait_for(
+        lambda r: r.json()["key"] == "quiet" and r.json()["status"] == "resolved"
+    )
+    assert timed_out[0].json()["resolvedBy"] == "timeout"
+    sinks.close(5.0)
+    got = [
+        (r.json()["key"], r.json()["status"], r.json()["labels"]["model"])
+        for r in recorder.requests()
+    ]
+    assert ("reloaded", "resolved", "v1") in got and ("reloaded", "firing", "v2") in got
+    assert got.index(("reloaded", "resolved", "v1")) < got.index(("reloaded", "firing", "v2"))
+    assert all(k != "one-too-many" for k, _, _ in got)
+    labels = {"sink": "webhook", "target": recorder.url}
+    assert sample(reg, "streamrnn_sink_dropped_total", reason="overflow", **labels) == 1
+    assert sample(reg, "streamrnn_sink_dropped_total", reason="malformed", **labels) == 1
+    assert sample(reg, "streamrnn_sink_resolved_total", reason="timeout") >= 1
+    assert sample(reg, "streamrnn_sink_resolved_total", reason="superseded") == 1
 
 
 def test_every_sink_series_exists_before_the_first_alert() -> None:

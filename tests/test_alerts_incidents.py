@@ -252,3 +252,12 @@ def test_queue_keep_alive_is_not_held_by_the_group_interval() -> None:
     clock.advance(1)
     assert q.offer("k", "again", hold=False) == "queued"
     assert [item for _, item, _ in q.take(1)] == ["again"]
+
+
+def test_queue_serves_equal_due_times_first_come_first_served_and_merges_keep_their_place() -> None:
+    clock = Clock()
+    q: KeyedQueue[str] = KeyedQueue(10, 0.0, monotonic=clock.monotonic)
+    for k in ("z", "a", "m"):
+        q.offer(k, k + "1")
+    q.offer("z", "z2")
+    assert [item for _, item, _ in q.take(3)] == ["z2", "a1", "m1"]

@@ -94,7 +94,7 @@ class Target:
     def offer(self, notice: Notice, *, resend: bool = False) -> Offered:
         """Queue ``notice``; a merge is counted as collapsed, a refusal as dropped
         (``queue_full``). A ``resend`` (a keep-alive of an active alert) is counted as neither."""
-        got = self.queue.offer(notice.key, notice, hold=not resend)
+        got = self.queue.offer(notice.fingerprint, notice, hold=not resend)
         if not resend:
             if got == "merged":
                 self.metrics.collapsed.inc()

@@ -27,6 +27,7 @@ The tracker is not thread-safe: the dispatcher thread of :class:`~.sinks.AlertSi
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -36,7 +37,7 @@ from typing import Literal
 from ..config import AlertsConfig
 from .message import Alert
 
-__all__ = ["Incident", "IncidentTracker", "Notice", "Recovery", "label_set"]
+__all__ = ["Incident", "IncidentTracker", "Notice", "Recovery", "fingerprint", "label_set"]
 
 Status = Literal["firing", "resolved"]
 ResolvedBy = Literal["events", "timeout", "superseded"]
@@ -61,6 +62,16 @@ def _label_value(v: object) -> str | None:
         text = str(v)
         return text or None
     return None  # null, absent, objects and lists make no label
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    """A stable id of a label set (16 hex digits): one alert's identity across notices.
+
+    >>> fingerprint({"key": "m1", "alertname": "A"}) == fingerprint({"alertname": "A", "key": "m1"})
+    True
+    """
+    text = "\x00".join(f"{k}\x01{v}" for k, v in sorted(labels.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def label_set(alert: Alert, config: AlertsConfig) -> dict[str, str]:
@@ -101,6 +112,7 @@ class Notice:
     ends_at: float | None = None  # set when resolved
     resolved_by: ResolvedBy | None = None
     incident: int = 0  # serial number of the incident in this tracker
+    fingerprint: str = ""  # of the labels: the alert's identity, also the queue's key
 
 
 @dataclass
@@ -115,6 +127,7 @@ class Incident:
     flagged: int = 1
     last_flag_at: float = 0.0  # monotonic seconds of the latest flagged event's arrival
     partition: tuple[str, int] = field(default=("", 0))
+    fingerprint: str = ""
 
     def notice(
         self,
@@ -133,6 +146,7 @@ class Incident:
             ends_at=ends_at,
             resolved_by=resolved_by,
             incident=self.serial,
+            fingerprint=self.fingerprint,
         )
 
 
@@ -182,6 +196,7 @@ class IncidentTracker:
                 starts_at=self._wall_clamp(alert.ts),
                 last_flag_at=now,
                 partition=(alert.topic, alert.partition),
+                fingerprint=fingerprint(labels),
             )
             self._active[alert.key] = inc
         else:

@@ -44,6 +44,7 @@ class Entry(Generic[T]):
     queued_at: float  # monotonic: when the key's entry was created (its age counts from here)
     due: float  # monotonic: not to be sent before
     out: bool = False  # taken by the worker, not yet reported back
+    pushed: int = 0  # the sequence number of its valid heap item
 
 
 class KeyedQueue(Generic[T]):
@@ -60,7 +61,10 @@ class KeyedQueue(Generic[T]):
         self.group_interval_s = group_interval_s
         self._now = monotonic
         self._entries: dict[str, Entry[T]] = {}
-        self._heap: list[tuple[float, int, str]] = []  # (due, version, key); stale ones skipped
+        # (due, sequence, key): due first, then first come first served; items whose sequence is
+        # not their entry's ``pushed`` are stale and skipped.
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
         self._sent: OrderedDict[str, float] = OrderedDict()  # key -> last delivery, oldest first
         self._cond = threading.Condition()
 
@@ -76,9 +80,7 @@ class KeyedQueue(Generic[T]):
             e = self._entries.get(key)
             if e is not None:
                 e.item = item
-                e.version += 1
-                if not e.out:
-                    self._push(e)
+                e.version += 1  # keeps its place and its due time
                 return "merged"
             if len(self._entries) >= self.capacity:
                 return "dropped"
@@ -98,10 +100,10 @@ class KeyedQueue(Generic[T]):
             now = float("inf") if ignore_due else self._now()
             got: list[tuple[Entry[T], T, int]] = []
             while self._heap and len(got) < limit and self._heap[0][0] <= now:
-                due, version, key = heapq.heappop(self._heap)
+                _, seq, key = heapq.heappop(self._heap)
                 e = self._entries.get(key)
-                if e is None or e.out or e.version != version or e.due != due:
-                    continue  # stale heap entry
+                if e is None or e.out or e.pushed != seq:
+                    continue  # stale heap item
                 e.out = True
                 got.append((e, e.item, e.version))
             return got
@@ -162,9 +164,9 @@ class KeyedQueue(Generic[T]):
 
     def _next_due(self) -> float | None:
         while self._heap:
-            due, version, key = self._heap[0]
+            due, seq, key = self._heap[0]
             e = self._entries.get(key)
-            if e is not None and not e.out and e.version == version and e.due == due:
+            if e is not None and not e.out and e.pushed == seq:
                 return due
             heapq.heappop(self._heap)
         return None
@@ -174,9 +176,11 @@ class KeyedQueue(Generic[T]):
             self._cond.notify_all()
 
     def _push(self, e: Entry[T]) -> None:
-        heapq.heappush(self._heap, (e.due, e.version, e.key))
+        self._seq += 1
+        e.pushed = self._seq
+        heapq.heappush(self._heap, (e.due, e.pushed, e.key))
         if len(self._heap) > 4 * len(self._entries) + 64:  # mostly stale: rebuild
-            self._heap = [(x.due, x.version, x.key) for x in self._entries.values() if not x.out]
+            self._heap = [(x.due, x.pushed, x.key) for x in self._entries.values() if not x.out]
             heapq.heapify(self._heap)
 
     def _forget_sent(self, now: float) -> None:

@@ -150,6 +150,12 @@ class AlertSinks:
             self._intake.append(_Item(forget=list(partitions)))
             self._cond.notify()
 
+    def resend_now(self) -> None:
+        """Start a re-send round of every active alert to Alertmanager now."""
+        with self._cond:
+            self._next_resend = self._now()
+            self._cond.notify()
+
     def close(self, timeout_s: float) -> None:
         """Dispatch what was submitted, deliver what is queued within ``timeout_s``, drop the rest
         (counted), stop every thread."""

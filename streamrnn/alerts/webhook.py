@@ -2,13 +2,14 @@
 
 The body (UTF-8 JSON)::
 
-    {"version": "1", "id": "readings/3/1822", "status": "firing", "key": "meter-17",
+    {"version": "1", "id": "5c0f3e9a1b2d4e6f", "status": "firing", "key": "meter-17",
      "labels": {...}, "annotations": {"summary": ..., "description": ..., ...},
      "startsAt": "...Z", "endsAt": null, "resolvedBy": null, "flaggedEvents": 1,
      "first": {alert message}, "last": {alert message}, "generatorURL": null, "sentAt": "...Z"}
 
-``id`` is the incident's first flagged event (``topic/partition/offset``): every notice of one
-incident carries the same id, so a receiver updates one record per incident. ``labels`` and
+``id`` is the fingerprint of the labels, the alert's identity as in Alertmanager: every notice
+of the key's alert carries it (a new alert of the key after a resolution too, unless its labels
+changed), so a receiver updates one record per id. ``labels`` and
 ``annotations`` are those of the Alertmanager sink; ``first`` and ``last`` are the alert messages
 as published to the alerts topic. ``status`` is ``resolved`` (with ``endsAt`` and ``resolvedBy``:
 events, timeout or superseded) when the incident ends, if ``send_resolved``.
@@ -65,7 +66,7 @@ class WebhookSink:
     def payload(self, n: Notice, now: float) -> dict[str, Any]:
         return {
             "version": "1",
-            "id": n.first.source,
+            "id": n.fingerprint,
             "status": n.status,
             "key": n.key,
             "labels": dict(n.labels),
