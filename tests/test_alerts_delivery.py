@@ -20,7 +20,7 @@ from alerttools import alert_message
 from amtools import Recorder, wait_until
 from prometheus_client import CollectorRegistry
 
-from streamrnn.alerts import AlertSinks, Recovery
+from streamrnn.alerts import AlertSinks, Recovery, validate_alerts_config
 from streamrnn.alerts.incidents import fingerprint
 from streamrnn.alerts.metrics import DROP_REASONS
 from streamrnn.alerts.transport import Transport, display_url
@@ -395,3 +395,21 @@ def test_bad_alerts_config_names_key_rule_and_value(
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides=overrides)
     assert message in str(err.value)
+
+
+def test_resolve_after_events_must_outlast_the_cooldown_when_a_sink_is_set() -> None:
+    quiet = load_config(None, overrides={"alerts.resolve_after_events": 10})
+    validate_alerts_config(quiet)  # no sink: nothing to flap
+    cfg = load_config(
+        None,
+        overrides={
+            "alerts.resolve_after_events": 50,
+            "alerts.sinks.webhook.urls": ["http://h/x"],
+        },
+    )
+    with pytest.raises(ConfigError) as err:
+        validate_alerts_config(cfg)
+    assert str(err.value) == (
+        "alerts.resolve_after_events: must be greater than scoring.cooldown (50) so that a "
+        "sustained anomaly stays one alert, got 50"
+    )

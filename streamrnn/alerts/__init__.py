@@ -3,6 +3,6 @@
 
 from .incidents import Notice, Recovery
 from .message import Alert, MessageError
-from .sinks import AlertSinks
+from .sinks import AlertSinks, validate_alerts_config
 
-__all__ = ["Alert", "AlertSinks", "MessageError", "Notice", "Recovery"]
+__all__ = ["Alert", "AlertSinks", "MessageError", "Notice", "Recovery", "validate_alerts_config"]

@@ -37,7 +37,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from ..config import AlertmanagerSinkConfig, AlertsConfig, ConfigError, WebhookSinkConfig
+from ..config import (
+    AlertmanagerSinkConfig,
+    AlertsConfig,
+    Config,
+    ConfigError,
+    WebhookSinkConfig,
+)
 from .alertmanager import AlertmanagerSink
 from .delivery import Sink, Target
 from .incidents import IncidentTracker, Notice, Recovery
@@ -46,7 +52,7 @@ from .metrics import SinkMetrics
 from .transport import Transport, read_secret
 from .webhook import WebhookSink
 
-__all__ = ["AlertSinks"]
+__all__ = ["AlertSinks", "validate_alerts_config"]
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +277,23 @@ class AlertSinks:
     def _drop_all(self, reason: str, n: int) -> None:
         for t in self.targets:
             t.metrics.dropped(reason, n)
+
+
+def validate_alerts_config(config: Config) -> None:
+    """The rules of ``alerts`` that involve other sections; ConfigError naming key, rule, value.
+
+    With a sink configured, ``resolve_after_events`` must exceed ``scoring.cooldown``: a key is
+    flagged at most once per cooldown, so a shorter run would resolve a sustained anomaly between
+    two of its flags and page again (a flap)."""
+    a = config.alerts
+    if not (a.sinks.alertmanager.urls or a.sinks.webhook.urls):
+        return
+    if a.resolve_after_events <= config.scoring.cooldown:
+        raise ConfigError(
+            "alerts.resolve_after_events: must be greater than scoring.cooldown "
+            f"({config.scoring.cooldown}) so that a sustained anomaly stays one alert, "
+            f"got {a.resolve_after_events}"
+        )
 
 
 def _build_targets(config: AlertsConfig) -> list[tuple[Sink, Transport]]:
