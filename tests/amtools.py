@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -32,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from promtools import _which, ensure_debian_package, free_port
+from promtools import ServerProcess, _which, ensure_debian_package
 
 _FOUND: str | None = None
 
@@ -80,13 +78,15 @@ def wait_until(
         time.sleep(every)
 
 
-class AlertmanagerServer:
+class AlertmanagerServer(ServerProcess):
     """An Alertmanager process on a free loopback port (no cluster), data under ``tmp_path``.
 
     Every alert is routed to ``receiver_url`` when given (a webhook, ``send_resolved: true``),
     else to a receiver that sends nothing. :meth:`stop` and :meth:`start` may be called again
     (same port and data directory) to take it away and bring it back mid-test.
     """
+
+    name = "alertmanager"
 
     def __init__(
         self,
@@ -96,14 +96,9 @@ class AlertmanagerServer:
         group_by: tuple[str, ...] = ("alertname", "key"),
         startup_timeout: float = 30.0,
     ) -> None:
-        self.dir = Path(tmp_path) / "alertmanager"
+        super().__init__(Path(tmp_path) / "alertmanager", startup_timeout)
         self.receiver_url = receiver_url
         self.group_by = group_by
-        self.startup_timeout = startup_timeout
-        self.port = 0
-        self.url = ""
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
 
     def config(self) -> dict[str, Any]:
         receiver: dict[str, Any] = {"name": "pager"}
@@ -120,74 +115,18 @@ class AlertmanagerServer:
             "receivers": [receiver],
         }
 
-    def start(self) -> AlertmanagerServer:
-        binary = ensure_alertmanager()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        config_path = self.dir / "alertmanager.yml"
-        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        last_error = ""
-        for _attempt in range(3):  # the free port may be taken between probe and bind
-            if not self.port or _attempt:
-                self.port = free_port()
-            self.url = f"http://127.0.0.1:{self.port}"
-            self._log = open(self.dir / "alertmanager.log", "ab")  # noqa: SIM115 - closed in stop()
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config_path}",
-                    f"--storage.path={self.dir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--cluster.listen-address=",
-                    "--log.level=warn",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            if self._wait_ready():
-                return self
-            last_error = self.log_tail()
-            self.stop()
-        raise RuntimeError(f"Alertmanager did not become ready:\n{last_error}")
+    def prepare(self) -> None:
+        (self.dir / "alertmanager.yml").write_text(yaml.safe_dump(self.config(), sort_keys=False))
 
-    def _wait_ready(self) -> bool:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return True
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        path = self.dir / "alertmanager.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-    def __enter__(self) -> AlertmanagerServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def command(self) -> list[str]:
+        return [
+            ensure_alertmanager(),
+            f"--config.file={self.dir / 'alertmanager.yml'}",
+            f"--storage.path={self.dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--cluster.listen-address=",
+            "--log.level=warn",
+        ]
 
     # -- HTTP API v2 --------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ RULES_TEST = DEPLOY / "prometheus" / "rules" / "streamrnn_test.yml"
 _FOUND: tuple[str, str] | None = None
 _INSTALL_LOCK = Path("/tmp/streamrnn-prometheus-install.lock")  # one apt-get at a time
 T = TypeVar("T")
+S = TypeVar("S", bound="ServerProcess")
 
 
 def _which(name: str) -> str | None:
@@ -170,83 +171,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class PrometheusServer:
-    """A Prometheus process on a free loopback port, with a generated config.
+class ServerProcess:
+    """A server binary on a free loopback port, its data and log under ``dir``; the base of
+    :class:`PrometheusServer` and tests/amtools.py's ``AlertmanagerServer``.
 
-    ``scrape_targets`` is a list of ``host:port`` (job ``streamrnn``, the job the alert rules
-    and dashboard expect) or a mapping ``{job: [host:port, ...]}``. ``rule_files`` are loaded
-    and evaluated every ``scrape_interval``. Data lives under ``tmp_path``. Use as a context
-    manager; the process is stopped (and its log kept in ``tmp_path``) on exit.
+    Subclasses name the binary and its arguments (:meth:`command`) and write their config in
+    :meth:`prepare`. :meth:`start` may be called again after :meth:`stop`: it keeps the port
+    (unless it is taken) and the data directory.
     """
 
-    def __init__(
-        self,
-        scrape_targets: Sequence[str] | Mapping[str, Sequence[str]],
-        rule_files: Iterable[str | os.PathLike[str]] = (),
-        tmp_path: str | os.PathLike[str] | None = None,
-        scrape_interval: str = "1s",
-        *,
-        evaluation_interval: str | None = None,
-        metrics_path: str = "/metrics",
-        startup_timeout: float = 30.0,
-    ) -> None:
-        if tmp_path is None:
-            raise ValueError("tmp_path is required (Prometheus keeps its TSDB and log there)")
-        if isinstance(scrape_targets, Mapping):
-            self.jobs = {job: list(t) for job, t in scrape_targets.items()}
-        else:
-            self.jobs = {"streamrnn": list(scrape_targets)}
-        self.rule_files = [str(Path(p).resolve()) for p in rule_files]
-        self.dir = Path(tmp_path) / "prometheus"
-        self.scrape_interval = scrape_interval
-        self.evaluation_interval = evaluation_interval or scrape_interval
-        self.metrics_path = metrics_path
+    name = "server"
+
+    def __init__(self, directory: Path, startup_timeout: float = 30.0) -> None:
+        self.dir = directory
         self.startup_timeout = startup_timeout
         self.port = 0
         self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Write the config (called by :meth:`start`, ``dir`` exists)."""
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "global": {
-                "scrape_interval": self.scrape_interval,
-                "scrape_timeout": self.scrape_interval,
-                "evaluation_interval": self.evaluation_interval,
-            },
-            "rule_files": self.rule_files,
-            "scrape_configs": [
-                {
-                    "job_name": job,
-                    "metrics_path": self.metrics_path,
-                    "static_configs": [{"targets": targets}],
-                }
-                for job, targets in self.jobs.items()
-            ],
-        }
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
-    def start(self) -> PrometheusServer:
-        binary, _ = ensure_prometheus()
+    def start(self: S) -> S:
         self.dir.mkdir(parents=True, exist_ok=True)
-        config_path = self.dir / "prometheus.yml"
-        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+        self.prepare()
         last_error = ""
-        for _attempt in range(3):  # the free port may be taken between probe and bind
-            self.port = free_port()
+        for attempt in range(3):  # the free port may be taken between probe and bind
+            if attempt or not self.port:
+                self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
-            self._log = open(self.dir / "prometheus.log", "ab")  # noqa: SIM115 - closed in stop()
+            self._log = open(self.dir / f"{self.name}.log", "ab")  # noqa: SIM115 - closed in stop()
             self.proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config_path}",
-                    f"--storage.tsdb.path={self.dir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--web.enable-lifecycle",
-                    "--storage.tsdb.retention.time=1d",
-                    "--log.level=warn",
-                ],
+                self.command(),
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
@@ -256,7 +216,7 @@ class PrometheusServer:
                 return self
             last_error = self.log_tail()
             self.stop()
-        raise RuntimeError(f"Prometheus did not become ready:\n{last_error}")
+        raise RuntimeError(f"{self.name} did not become ready:\n{last_error}")
 
     def _wait_ready(self) -> bool:
         assert self.proc is not None
@@ -287,14 +247,85 @@ class PrometheusServer:
             self._log = None
 
     def log_tail(self, chars: int = 4000) -> str:
-        path = self.dir / "prometheus.log"
+        path = self.dir / f"{self.name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
-    def __enter__(self) -> PrometheusServer:
+    def __enter__(self: S) -> S:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class PrometheusServer(ServerProcess):
+    """A Prometheus process on a free loopback port, with a generated config.
+
+    ``scrape_targets`` is a list of ``host:port`` (job ``streamrnn``, the job the alert rules
+    and dashboard expect) or a mapping ``{job: [host:port, ...]}``. ``rule_files`` are loaded
+    and evaluated every ``scrape_interval``. Data lives under ``tmp_path``. Use as a context
+    manager; the process is stopped (and its log kept in ``tmp_path``) on exit.
+    """
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        scrape_targets: Sequence[str] | Mapping[str, Sequence[str]],
+        rule_files: Iterable[str | os.PathLike[str]] = (),
+        tmp_path: str | os.PathLike[str] | None = None,
+        scrape_interval: str = "1s",
+        *,
+        evaluation_interval: str | None = None,
+        metrics_path: str = "/metrics",
+        startup_timeout: float = 30.0,
+    ) -> None:
+        if tmp_path is None:
+            raise ValueError("tmp_path is required (Prometheus keeps its TSDB and log there)")
+        super().__init__(Path(tmp_path) / "prometheus", startup_timeout)
+        if isinstance(scrape_targets, Mapping):
+            self.jobs = {job: list(t) for job, t in scrape_targets.items()}
+        else:
+            self.jobs = {"streamrnn": list(scrape_targets)}
+        self.rule_files = [str(Path(p).resolve()) for p in rule_files]
+        self.scrape_interval = scrape_interval
+        self.evaluation_interval = evaluation_interval or scrape_interval
+        self.metrics_path = metrics_path
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                "scrape_timeout": self.scrape_interval,
+                "evaluation_interval": self.evaluation_interval,
+            },
+            "rule_files": self.rule_files,
+            "scrape_configs": [
+                {
+                    "job_name": job,
+                    "metrics_path": self.metrics_path,
+                    "static_configs": [{"targets": targets}],
+                }
+                for job, targets in self.jobs.items()
+            ],
+        }
+
+    def prepare(self) -> None:
+        config_path = self.dir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
+
+    def command(self) -> list[str]:
+        binary, _ = ensure_prometheus()
+        return [
+            binary,
+            f"--config.file={self.dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=1d",
+            "--log.level=warn",
+        ]
 
     # -- HTTP API -----------------------------------------------------------------------------
 
