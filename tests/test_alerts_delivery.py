@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from alerttools import alert_message
 from amtools import Recorder, wait_until
@@ -413,3 +414,49 @@ def test_resolve_after_events_must_outlast_the_cooldown_when_a_sink_is_set() -> 
         "alerts.resolve_after_events: must be greater than scoring.cooldown (50) so that a "
         "sustained anomaly stays one alert, got 50"
     )
+
+
+def test_the_logging_receiver_prints_pages_and_checks_signatures(tmp_path: Path) -> None:
+    from streamrnn.alerts.receiver import Receiver
+    from streamrnn.alerts.transport import Rejected
+
+    lines: list[str] = []
+    secret = tmp_path / "key"
+    secret.write_text("k3y\n")
+    receiver = Receiver("127.0.0.1", 0, secret=b"k3y", emit=lines.append).start()
+    url = f"http://127.0.0.1:{receiver.server_port}/hook"
+    try:
+        reg = CollectorRegistry()
+        sinks = make_sinks(
+            reg,
+            **{
+                "sinks.webhook.urls": [url],
+                "sinks.webhook.secret_file": str(secret),
+                "labels": {"site": "site"},
+            },
+        )
+        sinks.submit([alert_message("m1", 3, time.time(), fields={"site": "n"})])
+        wait_until("a line", lambda: lines)
+        sinks.close(2.0)
+        assert lines == [
+            "firing StreamrnnAnomaly key=m1 model=v1 severity=warning site=n "
+            "topic=readings: m1: value 9, expected 1, score 0.950"
+        ]
+        page = {
+            "status": "firing",
+            "alerts": [
+                {"status": "resolved", "labels": {"alertname": "X", "key": "k"}, "annotations": {}}
+            ],
+        }
+        Transport(url, timeout_s=5).request("POST", "", orjson.dumps(page))
+        assert lines[-1] == "resolved X key=k"
+        notice = {"version": "1", "id": "f", "status": "firing", "labels": {}}
+        with pytest.raises(Rejected) as err:
+            Transport(url, timeout_s=5).request("POST", "", orjson.dumps(notice))
+        assert err.value.status == 401
+        assert lines[-1].endswith("bad or no signature")
+        with pytest.raises(Rejected) as err:
+            Transport(url, timeout_s=5).request("POST", "", b"[1, 2]")
+        assert err.value.status == 400
+    finally:
+        receiver.stop()

@@ -12,6 +12,7 @@ import streamrnn.alerts.incidents
 import streamrnn.alerts.listing
 import streamrnn.alerts.message
 import streamrnn.alerts.reader
+import streamrnn.alerts.receiver
 import streamrnn.alerts.render
 import streamrnn.alerts.transport
 import streamrnn.alerts.webhook
@@ -27,6 +28,7 @@ from streamrnn.config import AlertsConfig, load_config
         streamrnn.alerts.listing,
         streamrnn.alerts.message,
         streamrnn.alerts.reader,
+        streamrnn.alerts.receiver,
         streamrnn.alerts.render,
         streamrnn.alerts.transport,
         streamrnn.alerts.webhook,

@@ -1,9 +1,12 @@
-"""Recent and active alerts from the alerts topic.
+"""Alerts: the recent and active ones from the alerts topic, and a receiver that logs pages.
 
 ``streamrnn alerts list`` reads the alerts topic (``service.alerts_topic`` of ``--config``) from
 ``--since`` to its end, keeps the alerts of the ``--key`` patterns, and prints them with a summary
 per key; ``--active`` keeps the keys whose latest alert is within ``alerts.resolve_timeout_s``.
 It joins no consumer group and commits nothing.
+
+``streamrnn alerts receive`` is a webhook receiver that prints one line per alert it is sent,
+by Alertmanager or by the webhook sink (whose signatures it checks with ``--secret-file``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 EPILOG = """\
 examples:
   streamrnn alerts list --config service.yaml
+  streamrnn alerts receive --port 9095 --secret-file /run/secrets/webhook.key
   streamrnn alerts list --bootstrap-servers kafka:9092 --since 6h --key 'meter-*'
   streamrnn alerts list --config service.yaml --active
   streamrnn alerts list --config service.yaml --since 2024-03-01T00:00:00Z --until 2024-03-02 --json
@@ -73,9 +77,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ls.add_argument("--limit", type=int, default=50, help="print at most the latest N alerts (50)")
     ls.add_argument("--json", action="store_true", help="one JSON alert message a line, no table")
+    rv = sub.add_parser(
+        "receive",
+        help="a webhook receiver that prints the alerts it is sent",
+        description=__doc__.strip().split("\n\n")[2] if __doc__ else None,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rv.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
+    rv.add_argument("--port", type=int, default=9095, help="port to listen on (9095)")
+    rv.add_argument("--secret-file", help="check the webhook sink's HMAC signatures with this key")
+    rv.add_argument(
+        "--signature-header",
+        default="X-Streamrnn-Signature",
+        help="the header carrying the signature (X-Streamrnn-Signature)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "receive":
+        return _receive(args)
     try:
         config = load_config(
             args.config,
@@ -139,3 +160,34 @@ def _print(chosen: list[Alert], summaries: list, limit: int, topic: str, active_
         f"\n{len(chosen)} alert(s) of {len(summaries)} key(s); {active} active "
         f"(latest alert less than {active_s:g} s old)"
     )
+
+
+def _receive(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .receiver import Receiver
+    from .render import rfc3339
+    from .transport import read_secret
+
+    try:
+        secret = read_secret(args.secret_file, "--secret-file") if args.secret_file else None
+        server = Receiver(
+            args.host,
+            args.port,
+            secret=secret,
+            signature_header=args.signature_header,
+            emit=lambda line: print(f"{rfc3339(time.time())} {line}", flush=True),
+        )
+    except (ConfigError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"receiving alerts on http://{args.host}:{server.server_port}/", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
