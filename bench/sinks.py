@@ -31,7 +31,8 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 
-from streamrnn.alerts import AlertSinks, Recovery
+from streamrnn.alerting import AlertSinks, Recovery
+from streamrnn.alerting.metrics import SinkMetrics
 from streamrnn.config import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -57,7 +58,7 @@ def sinks_for(registry: CollectorRegistry, **overrides: Any) -> AlertSinks:
     raw = {f"alerts.{k}": v for k, v in overrides.items()}
     raw.setdefault("alerts.max_active", 1_000_000)
     raw.setdefault("alerts.delivery.queue_size", 1_000_000)
-    sinks = AlertSinks(load_config(None, overrides=raw).alerts, registry)
+    sinks = AlertSinks(load_config(None, overrides=raw).alerts, SinkMetrics(registry))
     sinks.start()
     return sinks
 

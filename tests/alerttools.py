@@ -3,12 +3,13 @@ that tests move by hand."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import orjson
 
-from streamrnn.alerts.message import Alert
+from streamrnn.alerting.message import Alert
+from streamrnn.times import iso_times
 
 
 class Clock:
@@ -30,11 +31,8 @@ class Clock:
 
 
 def iso(ts: float) -> str:
-    return (
-        datetime.fromtimestamp(ts, timezone.utc)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    """The alert messages' time format (ISO 8601 UTC with milliseconds)."""
+    return iso_times(np.array([ts]))[0]
 
 
 def alert_message(

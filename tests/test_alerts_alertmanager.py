@@ -25,7 +25,8 @@ from amtools import (
 )
 from prometheus_client import CollectorRegistry
 
-from streamrnn.alerts import AlertSinks, Recovery
+from streamrnn.alerting import AlertSinks, Recovery
+from streamrnn.alerting.metrics import SinkMetrics
 from streamrnn.config import load_config
 
 pytestmark = pytest.mark.alertmanager
@@ -54,7 +55,7 @@ def start_sinks(urls: list[str], registry: CollectorRegistry, **alerts: Any) -> 
         "alerts.group_interval_s": 0.2,
         **{f"alerts.{k}": v for k, v in alerts.items()},
     }
-    sinks = AlertSinks(load_config(None, overrides=overrides).alerts, registry)
+    sinks = AlertSinks(load_config(None, overrides=overrides).alerts, SinkMetrics(registry))
     sinks.start()
     return sinks
 

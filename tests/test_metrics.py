@@ -40,6 +40,18 @@ EXPECTED_TYPES = {
     "streamrnn_ready": "gauge",
     "streamrnn_assigned_partitions": "gauge",
     "streamrnn_last_batch_timestamp_seconds": "gauge",
+    # the alert sinks (streamrnn/alerting/metrics.py)
+    "streamrnn_sink_sent": "counter",
+    "streamrnn_sink_failures": "counter",
+    "streamrnn_sink_dropped": "counter",
+    "streamrnn_sink_collapsed": "counter",
+    "streamrnn_sink_queue_depth": "gauge",
+    "streamrnn_sink_request_duration_seconds": "histogram",
+    "streamrnn_sink_delivery_latency_seconds": "histogram",
+    "streamrnn_sink_last_success_timestamp_seconds": "gauge",
+    "streamrnn_sink_last_failure_timestamp_seconds": "gauge",
+    "streamrnn_sink_active_alerts": "gauge",
+    "streamrnn_sink_resolved": "counter",
 }
 
 

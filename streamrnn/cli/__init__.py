@@ -3,7 +3,7 @@
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their command runs, so ``--help`` is fast.
 The commands' modules are in this package (``run``, ``produce``, ``demo``, ``broker``,
-``check_config``, ``bench``), except ``train``, ``replay`` and ``eval``, whose command lines
+``check_config``, ``bench``, ``alerts``, ``explain``), except ``train``, ``replay`` and ``eval``, whose command lines
 still live beside their code in :mod:`streamrnn.offline`.
 """
 
@@ -42,6 +42,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "streamrnn.cli.bench",
         "throughput, latency and memory against the Kafka client's ceiling",
     ),
+    "alerts": (
+        "streamrnn.cli.alerts",
+        "recent and active alerts from the alerts topic; a receiver that logs pages",
+    ),
+    "explain": (
+        "streamrnn.cli.explain",
+        "a key's readings, prediction band, score and flags around an alert (--plot: a PNG)",
+    ),
 }
 
 EPILOG = """\
@@ -52,6 +60,8 @@ examples:
   streamrnn check-config config/default.yaml
   streamrnn produce --topic readings --synthetic energy --keys 200 --rate 200
   streamrnn demo --seconds 60
+  streamrnn alerts list --config service.yaml --since 6h
+  streamrnn explain meter-17 --config service.yaml --plot meter-17.png
 """
 
 

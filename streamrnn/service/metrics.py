@@ -6,7 +6,9 @@ small, bounded sets: no label ever carries a key. Labelled children for the know
 created up front so that dashboards and alerts see zeros instead of missing series.
 
 The engine side's counters arrive as running totals with each outcome
-(:meth:`Metrics.engine_stats`); the counters here advance by what is new in them.
+(:meth:`Metrics.engine_stats`); the counters here advance by what is new in them. The alert
+sinks' metrics are defined beside the sinks (:class:`streamrnn.alerting.metrics.SinkMetrics`)
+and built here with the rest, as :attr:`Metrics.sinks`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import ArrayLike
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..alerting.metrics import SinkMetrics
 
 __all__ = [
     "ANOMALY_SCORE_BUCKETS",
@@ -111,6 +115,7 @@ class Metrics:
         self._define_consumer(r)
         self._define_state(r)
         self._define_scores_and_model(r)
+        self.sinks = SinkMetrics(r)  # children per target: added as the sinks are built
         # Children for the known label values, so every series exists from the first scrape.
         for outcome in EVENT_OUTCOMES:
             self.events.labels(outcome=outcome)

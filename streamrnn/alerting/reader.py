@@ -4,7 +4,7 @@ Used by ``streamrnn alerts list`` and ``streamrnn explain``. Partitions are assi
 consumer group, nothing committed). Each starts at the first record published at or after
 ``since`` (ListOffsets by time; from the beginning without ``since``) and is read up to its high
 watermark as of the fetch responses, which every broker reports right (the embedded broker's
-``end_offsets`` does not, see :mod:`streamrnn.broker`).
+``end_offsets`` does not, see :mod:`streamrnn.tools.broker`).
 
 Record times are publish times, and an alert is published after its event happened, so seeking
 by ``since`` never skips an event at or after ``since`` (callers filter on the event time).
@@ -16,6 +16,9 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+from ..config import ServiceConfig
+from ..times import parse_timestamp
 
 __all__ = ["TopicError", "key_partition", "parse_when", "read_topic"]
 
@@ -39,35 +42,35 @@ def key_partition(key: bytes, partitions: Sequence[int]) -> int:
 
 
 def read_topic(
-    bootstrap_servers: Sequence[str],
+    svc: ServiceConfig,
     topic: str,
     *,
     since: float | None = None,
     key: bytes | None = None,
     timeout_s: float = 60.0,
-    client_options: dict[str, Any] | None = None,
 ) -> Iterator[Any]:
-    """The records of ``topic`` (kafka-python ``ConsumerRecord``), partition by partition in
-    offset order, from ``since`` (epoch seconds) to the end. With ``key`` only the partition that
-    key maps to is read, and only records with that message key are returned. Stops with a
-    warning after ``timeout_s``."""
-    from kafka import KafkaConsumer, TopicPartition
+    """The records of ``topic`` on ``svc``'s brokers (kafka-python ``ConsumerRecord``),
+    partition by partition in offset order, from ``since`` (epoch seconds) to the end. With
+    ``key`` only the partition that key maps to is read, and only records with that message key
+    are returned. Stops with a warning after ``timeout_s``."""
+    from kafka import TopicPartition
     from kafka.errors import KafkaError
 
+    from ..service import clients
+
+    servers = ",".join(svc.bootstrap_servers)
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=list(bootstrap_servers),
-            enable_auto_commit=False,
-            group_id=None,
-            request_timeout_ms=int(min(timeout_s, 30.0) * 1000) + 1000,
-            **(client_options or {}),
+        consumer = clients.reader(
+            svc.bootstrap_servers,
+            f"streamrnn-{svc.group}-reader",
+            timeout_s=min(timeout_s, 30.0) + 1,
         )
     except KafkaError as e:
-        raise TopicError(f"cannot reach Kafka at {','.join(bootstrap_servers)}: {e}") from None
+        raise TopicError(f"cannot reach Kafka at {servers}: {e}") from None
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
-            raise TopicError(f"topic {topic!r} does not exist on {','.join(bootstrap_servers)}")
+            raise TopicError(f"topic {topic!r} does not exist on {servers}")
         chosen = [key_partition(key, list(parts))] if key is not None else sorted(parts)
         tps = [TopicPartition(topic, p) for p in chosen]
         consumer.assign(tps)
@@ -127,8 +130,6 @@ def parse_when(text: str, now: float) -> float:
             return now - float(s[:-1]) * _UNITS[s[-1]]
         except ValueError:
             pass
-    from ..data import parse_timestamp
-
     try:
         return parse_timestamp(s)
     except (ValueError, OverflowError):

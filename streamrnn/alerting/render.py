@@ -1,8 +1,8 @@
 """What a notice says: times, annotations and the link, shared by the Alertmanager and webhook
 sinks so that both tell a person the same thing.
 
->>> from streamrnn.alerts.message import Alert
->>> from streamrnn.alerts.incidents import Notice
+>>> from streamrnn.alerting.message import Alert
+>>> from streamrnn.alerting.incidents import Notice
 >>> a = Alert("m 1", 1704067200.0, "2024-01-01T00:00:00.000Z", {"value": 412.0},
 ...           {"value": 101.25}, 0.9913, 0.8, "v7", "readings", 3, 1822)
 >>> n = Notice("m 1", "firing", {}, a, a, 1, a.ts)
@@ -15,22 +15,11 @@ sinks so that both tell a person the same thing.
 from __future__ import annotations
 
 import urllib.parse
-from datetime import datetime, timezone
 
 from .incidents import Notice
 from .message import format_values
 
-__all__ = ["describe", "generator_url", "rfc3339"]
-
-
-def rfc3339(t: float) -> str:
-    """Epoch seconds as RFC 3339 UTC with milliseconds.
-
-    >>> rfc3339(1704067200.25)
-    '2024-01-01T00:00:00.250Z'
-    """
-    text = datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+__all__ = ["describe", "generator_url"]
 
 
 def describe(n: Notice) -> dict[str, str]:

@@ -9,7 +9,7 @@ A key is *active* when its latest alert is less than ``alerts.resolve_timeout_s`
 time against now): the timeout rule, which needs only the alerts topic. The detector's sinks may
 have resolved it sooner, after ``resolve_after_events`` unflagged events; Alertmanager shows that.
 
->>> from streamrnn.alerts.message import Alert
+>>> from streamrnn.alerting.message import Alert
 >>> def alert(key, ts, off):
 ...     return Alert(key, ts, "", {"value": 1.0}, {"value": 0.0}, 0.9, 0.8, "v1", "t", 0, off)
 >>> got = select([alert("m1", 100, 1), alert("m2", 200, 2), alert("m1", 300, 3), alert("m1", 300, 3)],
@@ -26,10 +26,26 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .message import Alert, format_values
-from .render import rfc3339
+from ..config import ServiceConfig
+from ..times import iso_utc
+from .message import Alert, MessageError, format_values
+from .reader import read_topic
 
-__all__ = ["KeySummary", "format_alerts", "format_summary", "select", "summarize"]
+__all__ = ["KeySummary", "format_alerts", "format_summary", "read_alerts", "select", "summarize"]
+
+
+def read_alerts(
+    svc: ServiceConfig, *, since: float | None, timeout_s: float
+) -> tuple[list[Alert], int]:
+    """The alerts of ``svc.alerts_topic`` published since ``since``, and how many of its
+    messages are not alerts."""
+    alerts, bad = [], 0
+    for r in read_topic(svc, svc.alerts_topic, since=since, timeout_s=timeout_s):
+        try:
+            alerts.append(Alert.parse(r.value))
+        except MessageError:
+            bad += 1
+    return alerts, bad
 
 
 def _matches(key: str, patterns: Sequence[str]) -> bool:
@@ -111,7 +127,7 @@ def format_alerts(alerts: Sequence[Alert]) -> str:
     for a in alerts:
         rows.append(
             [
-                rfc3339(a.ts),
+                iso_utc(a.ts),
                 a.key,
                 format_values(a.values),
                 format_values(a.expected),
@@ -130,8 +146,8 @@ def format_summary(summaries: Sequence[KeySummary]) -> str:
             [
                 s.key,
                 str(s.count),
-                rfc3339(s.first.ts),
-                rfc3339(s.last.ts),
+                iso_utc(s.first.ts),
+                iso_utc(s.last.ts),
                 f"{s.max_score:.4f}",
                 "yes" if s.active else "no",
             ]

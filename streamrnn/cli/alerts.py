@@ -18,10 +18,17 @@ import time
 
 import orjson
 
+from ..alerting.listing import (
+    KeySummary,
+    format_alerts,
+    format_summary,
+    read_alerts,
+    select,
+    summarize,
+)
+from ..alerting.message import Alert
+from ..alerting.reader import TopicError, parse_when
 from ..config import ConfigError, load_config
-from .listing import format_alerts, format_summary, select, summarize
-from .message import Alert, MessageError
-from .reader import TopicError, parse_when, read_topic
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Entry point of ``streamrnn alerts``: 0, 1 when the topic cannot be read, 2 for bad flags."""
     if args.action == "receive":
         return _receive(args)
     try:
@@ -113,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     svc = config.service
     try:
-        alerts, bad = _read(svc.bootstrap_servers, svc.alerts_topic, since, args.timeout)
+        alerts, bad = read_alerts(svc, since=since, timeout_s=args.timeout)
     except TopicError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -133,19 +141,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(
-    servers: tuple[str, ...], topic: str, since: float, timeout_s: float
-) -> tuple[list[Alert], int]:
-    alerts, bad = [], 0
-    for r in read_topic(servers, topic, since=since, timeout_s=timeout_s):
-        try:
-            alerts.append(Alert.parse(r.value))
-        except MessageError:
-            bad += 1
-    return alerts, bad
-
-
-def _print(chosen: list[Alert], summaries: list, limit: int, topic: str, active_s: float) -> None:
+def _print(
+    chosen: list[Alert], summaries: list[KeySummary], limit: int, topic: str, active_s: float
+) -> None:
     if not chosen:
         print(f"no alerts in {topic} for this selection")
         return
@@ -163,12 +161,12 @@ def _print(chosen: list[Alert], summaries: list, limit: int, topic: str, active_
 
 
 def _receive(args: argparse.Namespace) -> int:
-    import signal
     import threading
 
-    from .receiver import Receiver
-    from .render import rfc3339
-    from .transport import read_secret
+    from ..alerting.receiver import Receiver
+    from ..alerting.transport import read_secret
+    from ..signals import on_stop_signals
+    from ..times import iso_utc
 
     try:
         secret = read_secret(args.secret_file, "--secret-file") if args.secret_file else None
@@ -177,17 +175,19 @@ def _receive(args: argparse.Namespace) -> int:
             args.port,
             secret=secret,
             signature_header=args.signature_header,
-            emit=lambda line: print(f"{rfc3339(time.time())} {line}", flush=True),
+            emit=lambda line: print(f"{iso_utc(time.time())} {line}", flush=True),
         )
     except (ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    # serve_forever runs in this thread: shutdown() must come from another one.
+    restore = on_stop_signals(lambda _name: threading.Thread(target=server.shutdown).start())
     print(f"receiving alerts on http://{args.host}:{server.server_port}/", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
+        restore()
         server.server_close()
     return 0

@@ -30,8 +30,9 @@ from typing import Any
 import orjson
 
 from ..config import AlertsConfig
+from ..times import iso_utc
 from .incidents import Notice
-from .render import describe, generator_url, rfc3339
+from .render import describe, generator_url
 from .transport import Transport
 
 __all__ = ["WebhookSink", "sign", "verify"]
@@ -71,14 +72,14 @@ class WebhookSink:
             "key": n.key,
             "labels": dict(n.labels),
             "annotations": describe(n),
-            "startsAt": rfc3339(n.starts_at),
-            "endsAt": None if n.ends_at is None else rfc3339(n.ends_at),
+            "startsAt": iso_utc(n.starts_at),
+            "endsAt": None if n.ends_at is None else iso_utc(n.ends_at),
             "resolvedBy": n.resolved_by,
             "flaggedEvents": n.flagged,
             "first": dict(n.first.raw),
             "last": dict(n.last.raw),
             "generatorURL": generator_url(self.config.generator_url, n),
-            "sentAt": rfc3339(now),
+            "sentAt": iso_utc(now),
         }
 
     def send(

@@ -1,5 +1,7 @@
 """Prometheus metrics of the alert sinks, all built in one place on an injected registry.
 
+The service's :class:`streamrnn.service.metrics.Metrics` builds one :class:`SinkMetrics` with
+every other metric; :class:`~.sinks.AlertSinks` adds the children of each target at start-up.
 Labels: ``sink`` (``alertmanager`` or ``webhook``) and ``target`` (the URL as
 :func:`~.transport.display_url` shows it: no credentials, no query), both known from the config,
 so every child is created up front; ``reason`` of a drop is one of :data:`DROP_REASONS`. No label
@@ -12,7 +14,7 @@ A target fails when its most recent request failed:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -64,10 +66,10 @@ class TargetMetrics:
 
 
 class SinkMetrics:
-    """Every sink metric, registered on ``registry``; ``targets`` are the ``(sink, target)``
-    pairs of the config (children for them exist from the first scrape)."""
+    """Every sink metric, registered on ``registry``; :meth:`target` adds a target's children
+    (before its first notification, so its series exist from the first scrape)."""
 
-    def __init__(self, registry: CollectorRegistry, targets: Sequence[tuple[str, str]]) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         lt = ["sink", "target"]
         self.sent = Counter(
@@ -143,9 +145,12 @@ class SinkMetrics:
         )
         for reason in ("events", "timeout", "superseded"):
             self.resolved.labels(reason=reason)
-        self.targets = {(s, t): TargetMetrics(self, s, t) for s, t in dict.fromkeys(targets)}
+        self.targets: dict[tuple[str, str], TargetMetrics] = {}
 
     def target(self, sink: str, target: str) -> TargetMetrics:
+        """The children of ``(sink, target)``, created on the first call."""
+        if (sink, target) not in self.targets:
+            self.targets[(sink, target)] = TargetMetrics(self, sink, target)
         return self.targets[(sink, target)]
 
     def watch_queue(self, sink: str, target: str, depth: Callable[[], float]) -> None:

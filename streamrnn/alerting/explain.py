@@ -1,11 +1,12 @@
 """Why a key alerted: its readings, the prediction band, the score and the flags around an alert.
 
-``streamrnn explain KEY`` takes the key's recent events from the scores topic
-(``service.scores_topic``; only the partition the key maps to is read), or, with ``--model`` and
-``--data``, replays history files through the model exactly as the detector would. It picks the
-alert at ``--at`` (the flagged event nearest to that time; default the latest one), prints the
-``--before`` events before it and the ``--after`` events after it (value, expected value, the
-band of +-2 predicted scales, score, flag), and with ``--plot PNG`` draws them.
+A :class:`Trace` is one key's scored events, from the scores topic (:func:`topic_trace`; only the
+partition the key maps to is read) or from a replay of history files through the model exactly as
+the detector would score them (:func:`replay_trace`). :func:`choose_window` picks the events
+around one alert (the flagged event nearest to a time, by default the latest one);
+:func:`format_window` prints them (value, expected value, the band of +-2 predicted scales,
+score, flag) and :func:`plot_window` draws them. ``streamrnn explain`` (:mod:`streamrnn.cli.explain`)
+is the command line.
 
 The band needs the prediction's scale: replays have it; score messages carry it as ``scale``
 when the detector publishes it, and the band is left out where they do not.
@@ -15,28 +16,27 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..config import ConfigError, load_config
-from .cli import add_kafka_arguments, servers_override
+from ..config import ConfigError, ServiceConfig
+from ..times import iso_utc
 from .message import Alert, MessageError
-from .reader import TopicError, parse_when, read_topic
-from .render import rfc3339
+from .reader import read_topic
 
-__all__ = ["Trace", "Window", "choose_window", "format_window", "trace_from_messages"]
-
-EPILOG = """\
-examples:
-  streamrnn explain meter-17 --config service.yaml
-  streamrnn explain meter-17 --config service.yaml --at 2024-03-01T04:10:00Z --plot meter-17.png
-  streamrnn explain meter-17 --model models/demand --data history/meter-17.csv --plot m17.png
-  streamrnn explain site-a --model models/demand --data meters.csv --key-column meter --after 30
-"""
+__all__ = [
+    "Trace",
+    "Window",
+    "choose_window",
+    "format_window",
+    "plot_window",
+    "replay_trace",
+    "topic_trace",
+    "trace_from_messages",
+]
 
 
 @dataclass
@@ -131,7 +131,7 @@ def format_window(w: Window) -> str:
         i = w.at
         band = _band(t, i)
         lines.append(
-            f"{t.key}: alert at {rfc3339(t.times[i])} ({t.origin}): {t.feature} {_num(t.values[i])}"
+            f"{t.key}: alert at {iso_utc(t.times[i])} ({t.origin}): {t.feature} {_num(t.values[i])}"
             f", expected {_num(t.expected[i])}{band}; score {t.score[i]:.4f}"
             f" (threshold {_num(t.threshold)})"
         )
@@ -145,7 +145,7 @@ def format_window(w: Window) -> str:
             mark = "ALERT <"
         rows.append(
             [
-                rfc3339(t.times[j]),
+                iso_utc(t.times[j]),
                 _num(t.values[j]),
                 _num(t.expected[j]),
                 _num(lo),
@@ -172,7 +172,7 @@ def _band(t: Trace, i: int) -> str:
 
 
 def plot_window(w: Window, path: Path) -> Path:
-    from ..plot import plot_trace
+    from ..offline.plot import plot_trace
 
     t, sl = w.trace, slice(w.lo, w.hi)
     return plot_trace(
@@ -190,112 +190,61 @@ def plot_window(w: Window, path: Path) -> Path:
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# The command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("key", help="the key to explain")
-    add_kafka_arguments(parser, "scores topic (service.scores_topic)")
-    parser.add_argument(
-        "--since", default="7d", help="read score messages from: a duration ago or ISO 8601 (7d)"
-    )
-    parser.add_argument("--model", help="replay instead: model directory written by `train`")
-    parser.add_argument("--data", nargs="+", help="replay instead: CSV files or directories")
-    parser.add_argument("--key-column", help="replay, long format: the column naming the key")
-    parser.add_argument("--time-column", default="timestamp", help="replay: time column")
-    parser.add_argument("--feature", help="the feature to show (default: the first)")
-    parser.add_argument("--at", help="the alert nearest to this time (default: the latest)")
-    parser.add_argument("--before", type=int, default=48, help="events before the alert (48)")
-    parser.add_argument("--after", type=int, default=12, help="events after the alert (12)")
-    parser.add_argument("--plot", metavar="PNG", help="also draw the window into this PNG")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        at = parse_when(args.at, time.time()) if args.at else None
-        if bool(args.model) != bool(args.data):
-            raise ConfigError("--model and --data: give both to replay, or neither")
-        if args.before < 0 or args.after < 0:
-            raise ConfigError(f"--before/--after: must be >= 0, got {args.before}/{args.after}")
-        trace = _replay_trace(args) if args.model else _topic_trace(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TopicError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if not len(trace):
-        print(f"error: no events of {args.key!r} in {trace.origin}", file=sys.stderr)
-        return 1
-    window = choose_window(trace, at=at, before=args.before, after=args.after)
-    print(format_window(window))
-    if args.plot:
-        print(f"plot: {plot_window(window, Path(args.plot))}")
-    return 0
-
-
-def _topic_trace(args: argparse.Namespace) -> Trace:
-    config = load_config(
-        args.config,
-        overrides={
-            "service.bootstrap_servers": servers_override(args),
-            "service.scores_topic": args.topic,
-        },
-    )
-    svc = config.service
+def topic_trace(
+    svc: ServiceConfig, key: str, *, since: float, timeout_s: float, feature: str | None = None
+) -> Trace:
+    """The trace of ``key`` from ``svc.scores_topic``, events published since ``since``."""
     if not svc.scores_topic:
         raise ConfigError(
             "service.scores_topic: explain reads the scores topic (or replays with --model and "
             "--data); set it or give --topic, got null"
         )
-    since = parse_when(args.since, time.time())
     messages = []
-    for r in read_topic(
-        svc.bootstrap_servers,
-        svc.scores_topic,
-        since=since,
-        key=args.key.encode(),
-        timeout_s=args.timeout,
-    ):
+    for r in read_topic(svc, svc.scores_topic, since=since, key=key.encode(), timeout_s=timeout_s):
         try:
             messages.append(Alert.parse(r.value))
         except MessageError:
             continue
-    return trace_from_messages(args.key, messages, f"topic {svc.scores_topic}", args.feature)
+    return trace_from_messages(key, messages, f"topic {svc.scores_topic}", feature)
 
 
-def _replay_trace(args: argparse.Namespace) -> Trace:
-    from ..data import load_series
-    from ..engine import Engine
-    from ..modeldir import load_model, resolve_device
-    from ..replay import replay_series, resolve_replay_config
+def replay_trace(
+    key: str,
+    model_dir: str,
+    data: Sequence[str],
+    *,
+    config: str | None = None,
+    key_column: str | None = None,
+    time_column: str = "timestamp",
+    feature: str | None = None,
+) -> Trace:
+    """The trace of ``key`` replayed from ``data`` through the model of ``model_dir``, with the
+    scoring of the ``config`` file on top of the model's (what the detector runs with)."""
+    from ..detector.engine import Engine
+    from ..detector.modeldir import load_model, resolve_device
+    from ..offline.data import load_series
+    from ..offline.replay import replay_series, resolve_replay_config
 
-    loaded = load_model(args.model)
-    # The model's config with the scoring of --config on top: what the detector runs with.
+    loaded = load_model(model_dir)
     cfg = resolve_replay_config(
-        loaded.config, argparse.Namespace(config=args.config, threshold=None, device=None)
+        loaded.config, argparse.Namespace(config=config, threshold=None, device=None)
     )
     names = list(loaded.feature_names)
-    if args.feature is not None and args.feature not in names:
-        raise ConfigError(f"--feature: must be one of {', '.join(names)}, got {args.feature!r}")
-    series = load_series(
-        args.data, key_column=args.key_column, time_column=args.time_column, value_columns=names
-    )
-    mine = [s for s in series if s.key == args.key]
+    if feature is not None and feature not in names:
+        raise ConfigError(f"--feature: must be one of {', '.join(names)}, got {feature!r}")
+    series = load_series(data, key_column=key_column, time_column=time_column, value_columns=names)
+    mine = [s for s in series if s.key == key]
     if not mine:
         known = ", ".join(sorted(s.key for s in series)[:10])
-        raise ConfigError(
-            f"key: must be a key of --data ({known}{', ...' if len(series) > 10 else ''}), got {args.key!r}"
-        )
-    f = names.index(args.feature) if args.feature else 0
-    engine = Engine(
-        loaded.model, cfg, device=resolve_device(cfg.state.device), model_version=loaded.version
-    )
+        more = ", ..." if len(series) > 10 else ""
+        raise ConfigError(f"key: must be a key of --data ({known}{more}), got {key!r}")
+    f = names.index(feature) if feature else 0
+    device = resolve_device(cfg.state.device)
+    engine = Engine(loaded.model, cfg, device=device, model_version=loaded.version)
     (item,) = replay_series(engine, mine[:1])
     s, r = item.series, item.results
     return Trace(
-        key=args.key,
+        key=key,
         feature=names[f],
         times=s.times,
         values=s.values[:, f].astype(np.float64),

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from ..data import parse_timestamp
+from ..times import parse_timestamp
 
 __all__ = ["Alert", "MessageError", "format_values"]
 

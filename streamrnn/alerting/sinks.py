@@ -2,7 +2,7 @@
 
 What the service does (the whole interface)::
 
-    sinks = AlertSinks(config.alerts, registry)     # ConfigError for unreadable secret files
+    sinks = AlertSinks(config.alerts, metrics.sinks)  # ConfigError for unreadable secret files
     sinks.start()
     ...                                              # per poll, once its messages are acknowledged:
     sinks.submit(outcome.alerts_json, outcome.recovered)
@@ -34,8 +34,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from prometheus_client import CollectorRegistry
 
 from ..config import (
     AlertmanagerSinkConfig,
@@ -76,7 +74,7 @@ class AlertSinks:
     def __init__(
         self,
         config: AlertsConfig,
-        registry: CollectorRegistry,
+        metrics: SinkMetrics,
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -86,7 +84,7 @@ class AlertSinks:
         self._now = monotonic
         self.tracker = IncidentTracker(config, clock=clock, monotonic=monotonic)
         pairs = _build_targets(config)
-        self.metrics = SinkMetrics(registry, [(s.name, t.display) for s, t in pairs])
+        self.metrics = metrics
         self.targets = [
             Target(
                 sink,

@@ -21,8 +21,9 @@ from typing import Any
 import orjson
 
 from ..config import AlertsConfig
+from ..times import iso_utc
 from .incidents import Notice
-from .render import describe, generator_url, rfc3339
+from .render import describe, generator_url
 from .transport import Transport
 
 __all__ = ["BATCH_MAX", "VALIDITY_INTERVALS", "AlertmanagerSink"]
@@ -53,8 +54,8 @@ class AlertmanagerSink:
         alert: dict[str, Any] = {
             "labels": dict(n.labels),
             "annotations": describe(n),
-            "startsAt": rfc3339(n.starts_at),
-            "endsAt": rfc3339(ends),
+            "startsAt": iso_utc(n.starts_at),
+            "endsAt": iso_utc(ends),
         }
         url = generator_url(self.config.generator_url, n)
         if url:
