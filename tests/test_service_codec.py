@@ -129,12 +129,14 @@ def test_multi_feature_values() -> None:
 def test_event_messages_and_dlq_headers() -> None:
     b = _decode([{"key": "a", "ts": T0, "value": 1.0}, {"key": "b", "ts": T0 + 0.25, "value": 2.0}])
     pred = np.array([[np.nan], [1.5]], dtype=np.float32)
+    scale = np.array([[np.nan], [0.5]], dtype=np.float32)
     score = np.array([0.0, 0.75], dtype=np.float32)
     flag = np.array([False, True])
     msgs = event_messages(
         b,
         np.array([0, 1]),
         prediction=pred,
+        scale=scale,
         score=score,
         flag=flag,
         threshold=0.5,
@@ -152,21 +154,26 @@ def test_event_messages_and_dlq_headers() -> None:
         "threshold": 0.5,
         "model": "lstm-x",
         "source": {"topic": "t", "partition": 0, "offset": 0},
+        "scale": None,
         "flag": False,
     }
     assert second["expected"] == 1.5 and second["score"] == 0.75 and second["flag"] is True
+    assert second["scale"] == 0.5
     assert second["ts"] == "2023-11-14T22:13:20.250Z"
     alerts = event_messages(
         b,
         np.array([1]),
         prediction=pred,
+        scale=scale,
         score=score,
         flag=None,
         threshold=0.5,
         model_version="m",
         feature_names=("value",),
+        fields=[{"site": "north"}],
     )
-    assert "flag" not in orjson.loads(alerts[0][1])
+    alert = orjson.loads(alerts[0][1])
+    assert "flag" not in alert and alert["fields"] == {"site": "north"}
     h = dict(dlq_headers("not_json", "bad ✓", "t", 3, 42))
     assert h == {
         "streamrnn.reason": b"not_json",

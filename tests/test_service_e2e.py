@@ -128,6 +128,7 @@ def test_end_to_end(
             "threshold",
             "model",
             "source",
+            "scale",
         }
         assert len(recs) == n_alerts and all(
             r.key == orjson.loads(r.value)["key"].encode() for r in recs

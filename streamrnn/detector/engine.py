@@ -36,8 +36,8 @@ from .waves import wave_order
 log = logging.getLogger(__name__)
 
 # Columns of the per-event result buffer; prediction (F) and scale (F) follow.
-_ERROR, _SCORE, _FLAG, _LATE, _DROPPED = range(5)
-_OUT_COLS = 5
+_ERROR, _SCORE, _FLAG, _LATE, _DROPPED, _SINCE = range(6)
+_OUT_COLS = 6
 # On CPU a batch smaller than this runs on one intra-op thread: its ops are too small to gain from
 # more, and OpenMP's spinning helper threads steal the cores the Kafka client and broker need.
 _PARALLEL_MIN_EVENTS = 8192
@@ -111,6 +111,9 @@ class Results:
     flag: np.ndarray  # (N,) bool, the detector's decision
     late: np.ndarray  # (N,) bool, older than its key's previous event
     dropped: np.ndarray  # (N,) bool, late and dropped by the late-event policy (state untouched)
+    # (N,) int64 the key's events since its last flagged one, after this event (0: this one was
+    # flagged; -1: never flagged): how the alert sinks learn that a key recovered.
+    since_flag: np.ndarray
 
     def __len__(self) -> int:
         return len(self.score)
@@ -230,12 +233,12 @@ class Engine:
         rows_d = batch[:, 0].long()  # (N,)
         times_d = batch[:, 1]  # (N,)
         inputs = batch[:, 2:].float()  # (N, F [+ 4]) values, then calendar features
-        out = torch.empty(n, _OUT_COLS + 2 * f, device=self.device)  # (N, 5 + 2F), wave order
+        out = torch.empty(n, _OUT_COLS + 2 * f, device=self.device)  # (N, 6 + 2F), wave order
         bnd = bounds.tolist()
         with torch.no_grad(), _intra_op_threads(self._threads_for(n)):
             for lo, hi in self._slices(bnd):
                 self._wave(rows_d[lo:hi], times_d[lo:hi], inputs[lo:hi], out[lo:hi])
-        host = np.empty((_OUT_COLS + 2 * f, n), dtype=np.float32)  # (5 + 2F, N)
+        host = np.empty((_OUT_COLS + 2 * f, n), dtype=np.float32)  # (6 + 2F, N)
         host[:, order] = out.cpu().numpy().T  # back to arrival order, one row per column
         return Results(
             prediction=host[_OUT_COLS : _OUT_COLS + f].T.copy(),
@@ -245,6 +248,7 @@ class Engine:
             flag=host[_FLAG] != 0,
             late=host[_LATE] != 0,
             dropped=host[_DROPPED] != 0,
+            since_flag=host[_SINCE].astype(np.int64),
         )
 
     def step_wave(
@@ -252,8 +256,9 @@ class Engine:
     ) -> Tensor:
         """One wave on the device, without the host: the state rows ``rows`` (W,) (distinct, resident)
         take one step with ``times`` (W,) float64, ``values`` (W, F) and ``calendar`` (W, 4) when
-        the model takes calendar inputs. Returns the wave's results (W, 5 + 2F) on the device:
-        error, score, flag, late, dropped, then prediction (F) and scale (F).
+        the model takes calendar inputs. Returns the wave's results (W, 6 + 2F) on the device:
+        error, score, flag, late, dropped, events since the last flag, then prediction (F) and
+        scale (F).
         For benchmarks and custom drivers; :meth:`process` is the way in for keyed events.
         """
         n = rows.shape[0]
@@ -283,7 +288,7 @@ class Engine:
 
     def _wave(self, r: Tensor, t: Tensor, inputs: Tensor, out: Tensor) -> None:
         """One wave: every row of ``r`` (n,) at most once. ``t`` (n,) float64 event times;
-        ``inputs`` (n, F [+ 4]) raw values then calendar features; ``out`` (n, 5 + 2F) receives
+        ``inputs`` (n, F [+ 4]) raw values then calendar features; ``out`` (n, 6 + 2F) receives
         the results (columns as in :meth:`step_wave`)."""
         cfg = self.config
         sc = cfg.scoring
@@ -352,6 +357,9 @@ class Engine:
         out[:, _FLAG] = flag
         out[:, _LATE] = late
         out[:, _DROPPED] = False if active is None else ~active
+        # Events since the last flag as the state holds it now (a dropped event left it as it was).
+        kept_steps, kept_alert = new["steps"], new["last_alert"]
+        out[:, _SINCE] = torch.where(kept_alert >= 0, kept_steps - 1 - kept_alert, -1)
 
     def _fields_of(self, rows: list[Tensor], n: int) -> dict[str, Tensor]:
         """Views of each state field in gathered rows (one (n, width) tensor per bank)."""

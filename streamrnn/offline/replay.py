@@ -64,6 +64,7 @@ def replay_series(
     flag = np.empty(total, dtype=bool)
     late = np.empty(total, dtype=bool)
     dropped = np.empty(total, dtype=bool)
+    since = np.empty(total, dtype=np.int64)
     times_all = [s.times for s in series]
     values_all = [s.values for s in series]
     keys_all = [s.key for s in series]
@@ -85,7 +86,7 @@ def replay_series(
         )
         r = engine.process(keys, times, values)
         score[sl], out_pred[sl], out_scale[sl], error[sl] = r.score, r.prediction, r.scale, r.error
-        flag[sl], late[sl], dropped[sl] = r.flag, r.late, r.dropped
+        flag[sl], late[sl], dropped[sl], since[sl] = r.flag, r.late, r.dropped, r.since_flag
     # Back to per-series, file order.
     out: list[KeyResult] = []
     inv = np.empty(total, dtype=np.int64)
@@ -102,6 +103,7 @@ def replay_series(
             flag[idx],
             late[idx],
             dropped[idx],
+            since[idx],
         )
         out.append(KeyResult(s, res))
     return out

@@ -7,7 +7,10 @@ topic), keyed by the event key: ``key``, ``ts`` (ISO 8601, UTC, milliseconds), `
 ``values``: an object by feature name), ``expected`` (the prediction, same shape, null before a
 key's first prediction), ``score``, ``threshold``, ``model`` (version id) and ``source``
 (``{topic, partition, offset}``, the message's identity: consumers dedupe on it after a restart
-re-publishes). Score messages add ``flag``.
+re-publishes), and ``scale`` (the prediction's standard deviation, same shape as ``expected``:
+``expected`` +- 2 ``scale`` is the band ``streamrnn explain`` draws). Score messages add ``flag``.
+With ``alerts.labels`` set, alert messages add ``fields``: those fields of the input event
+(:func:`event_fields`), which the alert sinks make labels of.
 
 Dead letters
 ------------
@@ -30,7 +33,7 @@ import orjson
 from ..times import iso_times
 from .decode import Batch, Part
 
-__all__ = ["Headers", "Message", "dead_letters", "dlq_headers", "event_messages"]
+__all__ = ["Headers", "Message", "dead_letters", "dlq_headers", "event_fields", "event_messages"]
 
 Headers = list[tuple[str, bytes]]
 #: A message to send, without its topic: (key, value, headers or None).
@@ -50,16 +53,19 @@ def event_messages(
     index: np.ndarray,
     *,
     prediction: np.ndarray,
+    scale: np.ndarray,
     score: np.ndarray,
     flag: np.ndarray | None,
     threshold: float,
     model_version: str,
     feature_names: Sequence[str],
+    fields: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """``(key, JSON)`` messages for the batch events at ``index`` (K,).
 
-    ``prediction`` (N, F) and ``score`` (N,) are the engine's results for the whole batch;
-    ``flag`` (N,) is added to each message when given (the scores topic).
+    ``prediction``, ``scale`` (N, F) and ``score`` (N,) are the engine's results for the whole
+    batch; ``flag`` (N,) is added to each message when given (the scores topic); ``fields`` (K,),
+    when given, the input events' fields for the alert's labels.
     """
     idx = np.asarray(index, dtype=np.int64)
     if len(idx) == 0:
@@ -67,6 +73,7 @@ def event_messages(
     ts = iso_times(batch.times[idx])
     vals = batch.values[idx].astype(np.float64).tolist()
     preds = np.asarray(prediction, dtype=np.float64)[idx].tolist()
+    scales = np.asarray(scale, dtype=np.float64)[idx].tolist()
     scores = np.asarray(score, dtype=np.float64)[idx].tolist()
     flags = np.asarray(flag)[idx].tolist() if flag is not None else None
     parts = batch.partitions[idx].tolist()
@@ -84,9 +91,12 @@ def event_messages(
             "threshold": threshold,
             "model": model_version,
             "source": {"topic": batch.topics[i], "partition": parts[j], "offset": offs[j]},
+            "scale": _shape(scales[j], feature_names),
         }
         if flags is not None:
             msg["flag"] = bool(flags[j])
+        if fields is not None:
+            msg["fields"] = fields[j]
         out.append((key.encode("utf-8"), orjson.dumps(msg)))
     return out
 
@@ -122,11 +132,9 @@ def dead_letters(
     """
     if not rejects:
         return []
-    starts = np.cumsum([0] + [len(p) for p in parts])  # (parts + 1,)
     out: list[Message] = []
-    for i, reason, detail in rejects:
-        k = int(np.searchsorted(starts, i, side="right")) - 1
-        src, pos = parts[k], i - int(starts[k])
+    places = _locate(parts, [i for i, _, _ in rejects])
+    for (i, reason, detail), (src, pos) in zip(rejects, places, strict=True):
         own = list((headers or {}).get(i) or [])
         out.append(
             (
@@ -135,4 +143,33 @@ def dead_letters(
                 own + dlq_headers(reason, detail, src.topic, src.partition, src.offsets[pos]),
             )
         )
+    return out
+
+
+def _locate(parts: Sequence[Part], positions: Sequence[int]) -> list[tuple[Part, int]]:
+    """``(part, position in it)`` of each position in the poll (the records of ``parts`` in
+    order)."""
+    starts = np.cumsum([0] + [len(p) for p in parts])  # (parts + 1,)
+    ks = np.searchsorted(starts, np.asarray(positions, dtype=np.int64), side="right") - 1  # (K,)
+    return [(parts[k], i - int(starts[k])) for i, k in zip(positions, ks.tolist(), strict=True)]
+
+
+def event_fields(
+    parts: Sequence[Part], positions: Sequence[int], names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The top-level fields ``names`` of the input events at ``positions`` of the poll (absent
+    ones are left out): what an alert's labels are made of. Only flagged events are read again,
+    so this costs nothing per unflagged event.
+
+    >>> p = Part("t", 0, [5, 6], [None, None], [None, None], [b'{"site": "n", "v": 1}', b"{}"])
+    >>> event_fields([p], [0, 1], ["site", "floor"])
+    [{'site': 'n'}, {}]
+    """
+    out: list[dict[str, Any]] = []
+    for src, pos in _locate(parts, positions):
+        try:
+            obj = orjson.loads(src.values[pos] or b"")
+        except orjson.JSONDecodeError:  # the decoder accepted it, so this cannot happen
+            obj = None
+        out.append({n: obj[n] for n in names if n in obj} if isinstance(obj, dict) else {})
     return out

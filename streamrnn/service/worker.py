@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..alerting.incidents import Recovery
 from ..config import Config, ConfigError, InputConfig, ScoringConfig, StateConfig
 from ..detector.engine import Engine
 from ..detector.modeldir import LoadedModel, load_model
 from ..times import iso_times
-from .alerts import Headers, Message, dead_letters, event_messages
+from .alerts import Headers, Message, dead_letters, event_fields, event_messages
 from .decode import Batch, Decoder, Part
 
 __all__ = [
@@ -50,7 +51,10 @@ class ModelDirError(ValueError):
 @dataclass(frozen=True)
 class EngineSettings:
     """What the engine side needs: the model directory, the device, and the scoring, state and
-    input sections. ``scores``: encode every event's score too (``service.scores_topic`` set)."""
+    input sections. ``scores``: encode every event's score too (``service.scores_topic`` set).
+    ``resolve_after_events``: report the events at which a key completes this many unflagged
+    events in a row (0: none; set when an alert sink is configured); ``label_fields``: the
+    input event's fields copied into alert messages (``alerts.labels``)."""
 
     model_dir: str
     device: str
@@ -58,10 +62,14 @@ class EngineSettings:
     state: StateConfig
     input: InputConfig
     scores: bool = False
+    resolve_after_events: int = 0
+    label_fields: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, config: Config, device: torch.device | str) -> EngineSettings:
         """The settings of a service config, on the resolved ``device``."""
+        sinks = config.alerts.sinks
+        has_sink = bool(sinks.alertmanager.urls or sinks.webhook.urls)
         return cls(
             model_dir=config.service.model or "",
             device=str(device),
@@ -69,6 +77,8 @@ class EngineSettings:
             state=config.state,
             input=config.input,
             scores=bool(config.service.scores_topic),
+            resolve_after_events=config.alerts.resolve_after_events if has_sink else 0,
+            label_fields=tuple(dict.fromkeys(config.alerts.labels.values())),
         )
 
     def engine_config(self, model_config: Config) -> Config:
@@ -121,6 +131,8 @@ class Outcome:
     decoder's first, then late events dropped by ``input.late_events: drop``; ``dead_letters``
     their messages. ``alerts`` and ``scores``: encoded ``(key, JSON)`` messages. ``score`` and
     ``times`` (K,): the processed events' scores and event times (the metrics' histograms).
+    ``recovered``: the events at which a key completed ``resolve_after_events`` unflagged events
+    in a row (for the alert sinks).
     """
 
     processed: int
@@ -135,6 +147,7 @@ class Outcome:
     stats: Stats
     seconds: float = 0.0  # the engine side's own time for this poll
     dead_letters: list[Message] = field(default_factory=list)
+    recovered: list[Recovery] = field(default_factory=list)
 
 
 @dataclass
@@ -162,6 +175,7 @@ class _Scored:
     moved: list[tuple[str, TP, TP]] = field(default_factory=list)
     score: np.ndarray = field(default_factory=lambda: np.zeros(0))
     times: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    recovered: list[Recovery] = field(default_factory=list)
 
 
 class EngineSide:
@@ -198,7 +212,7 @@ class EngineSide:
         t0 = time.perf_counter()
         batch = self.decoder.decode_parts(parts)
         rejects = [(r.index, r.reason, r.detail) for r in batch.rejects]
-        scored = self._score(batch) if len(batch) else _Scored()
+        scored = self._score(batch, parts) if len(batch) else _Scored()
         rejects += scored.late
         return Outcome(
             processed=len(scored.score),
@@ -213,9 +227,10 @@ class EngineSide:
             stats=self.stats(),
             seconds=time.perf_counter() - t0,
             dead_letters=dead_letters(parts, rejects, headers),
+            recovered=scored.recovered,
         )
 
-    def _score(self, batch: Batch) -> _Scored:
+    def _score(self, batch: Batch, parts: Sequence[Part]) -> _Scored:
         """Step the accepted events of a poll and encode their messages."""
         res = self.engine.process(batch.keys, batch.times, batch.values)
         moved = self._track_keys(batch)
@@ -229,21 +244,27 @@ class EngineSide:
             for i in np.flatnonzero(res.dropped).tolist()
         ]
 
-        def encode(index: np.ndarray, flag: np.ndarray | None) -> list[tuple[bytes, bytes]]:
+        def encode(
+            index: np.ndarray, flag: np.ndarray | None, fields: list[dict[str, Any]] | None = None
+        ) -> list[tuple[bytes, bytes]]:
             return event_messages(
                 batch,
                 index,
                 prediction=res.prediction,
+                scale=res.scale,
                 score=res.score,
                 flag=flag,
                 threshold=self.settings.scoring.threshold,
                 model_version=self.engine.model_version,
                 feature_names=self.feature_names,
+                fields=fields,
             )
 
         flagged = np.flatnonzero(res.flag & kept)
+        names = self.settings.label_fields
+        fields = event_fields(parts, batch.index[flagged].tolist(), names) if names else None
         return _Scored(
-            alerts=encode(flagged, None),
+            alerts=encode(flagged, None, fields),
             scores=encode(np.flatnonzero(kept), res.flag) if self.settings.scores else [],
             anomalies=dict(Counter(batch.topics[i] for i in flagged.tolist())),
             late=late,
@@ -251,7 +272,26 @@ class EngineSide:
             moved=moved,
             score=res.score[kept],
             times=batch.times[kept],
+            recovered=self._recovered(batch, res.since_flag, kept),
         )
+
+    def _recovered(self, batch: Batch, since_flag: np.ndarray, kept: np.ndarray) -> list[Recovery]:
+        """The events at which a key completed ``resolve_after_events`` unflagged events in a
+        row: one comparison over the poll, Python only for the (few) hits."""
+        n = self.settings.resolve_after_events
+        if not n:
+            return []
+        hit = np.flatnonzero((since_flag == n) & kept)  # (R,)
+        return [
+            Recovery(
+                batch.keys[i],
+                batch.topics[i],
+                int(batch.partitions[i]),
+                int(batch.offsets[i]),
+                float(batch.times[i]),
+            )
+            for i in hit.tolist()
+        ]
 
     def _track_keys(self, batch: Batch) -> list[tuple[str, TP, TP]]:
         """Remember each key's (latest) partition: checkpoints are per partition."""
