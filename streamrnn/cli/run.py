@@ -20,8 +20,13 @@ examples:
   streamrnn run --bootstrap-servers kafka:9092 --topic readings --model models/demand \\
       --group streamrnn-demand --state-dir /var/lib/streamrnn --metrics-port 9108
   streamrnn run --config service.yaml --topic-pattern 'sensors\\..*' --scores-topic scores
+  streamrnn run --config service.yaml --alertmanager-url http://alertmanager:9093
+  streamrnn run --config service.yaml --webhook-url https://hooks.example/streamrnn \\
+      --webhook-secret-file /run/secrets/webhook.key
 
 endpoints: /metrics (Prometheus), /healthz (liveness), /readyz (readiness)
+alerts: the alerts topic is the record; Alertmanager and webhooks are paged off the hot path
+(docs/alerts.md)
 """
 
 
@@ -66,6 +71,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode, model and scoring in the Kafka client's thread instead of a child process "
         "(service.engine_process: false): one core instead of two",
     )
+    parser.add_argument(
+        "--alertmanager-url",
+        action="append",
+        help="send alerts to this Alertmanager; repeat for each member of a cluster "
+        "(alerts.sinks.alertmanager.urls)",
+    )
+    parser.add_argument(
+        "--webhook-url",
+        action="append",
+        help="POST each alert as JSON to this URL; repeat for several (alerts.sinks.webhook.urls)",
+    )
+    parser.add_argument(
+        "--webhook-secret-file",
+        help="sign webhook bodies with HMAC-SHA256 under this file's key "
+        "(alerts.sinks.webhook.secret_file)",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, object]:
@@ -86,6 +107,9 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
         "service.metrics_port": args.metrics_port,
         "state.device": args.device,
         "service.engine_process": getattr(args, "engine_process", None),
+        "alerts.sinks.alertmanager.urls": args.alertmanager_url,
+        "alerts.sinks.webhook.urls": args.webhook_url,
+        "alerts.sinks.webhook.secret_file": args.webhook_secret_file,
     }
 
 

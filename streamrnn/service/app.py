@@ -45,6 +45,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from ..alerting.sinks import AlertSinks, validate_alerts_config
 from ..config import Config, ConfigError, dump_config
 from ..detector.modeldir import ModelInfo, read_model_info, resolve_device
 from ..signals import on_stop_signals
@@ -55,7 +56,7 @@ from .engine_process import EngineClient, EngineGone, start_engine
 from .health import Health, Readiness
 from .http import MetricsServer, start_http
 from .metrics import Metrics
-from .partitions import PartitionTable, Rebalancer, fmt_tps, listener
+from .partitions import TP, PartitionTable, Rebalancer, fmt_tps, listener
 from .publish import Publisher
 from .records import install as install_record_reader
 from .reload import ModelWatcher
@@ -68,6 +69,7 @@ __all__ = ["Detector", "validate_service_config"]
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 5.0  # consumer lag is refreshed at most this often
+SINKS_CLOSE_S = 2.0  # what the alert sinks hold gets this long after a crash
 ACK_POLL_MS = 10  # longest poll while sent messages await acknowledgement (then commit)
 
 
@@ -100,6 +102,7 @@ class Detector:
 
     def __init__(self, config: Config, *, registry: CollectorRegistry | None = None) -> None:
         validate_service_config(config)
+        validate_alerts_config(config)
         svc = config.service
         try:
             self.device = resolve_device(config.state.device)
@@ -121,6 +124,7 @@ class Detector:
             state=config.state,
             input=config.input,
             service=config.service,
+            alerts=config.alerts,
         )
         self.settings = EngineSettings.of(config, self.device)
         self.svc = svc
@@ -128,6 +132,8 @@ class Detector:
         self.metrics = Metrics(self.registry, topics=svc.topics)
         m = self.model_info.config.model
         self.metrics.set_model(self.model_info.version, m.cell, m.hidden_size, str(self.device))
+        # Alerts to Alertmanager and webhooks, off the hot path (secret files are read here).
+        self.sinks = AlertSinks(config.alerts, self.metrics.sinks)
         self.health = Health(max_poll_interval_ms=svc.max_poll_interval_ms)
         self.table = PartitionTable()
         self.store = CheckpointStore(self.local)
@@ -150,6 +156,7 @@ class Detector:
         self._http: MetricsServer | None = None
         self._ran = False
         self._crashed = False  # no checkpoint may be written any more (state may be mid-batch)
+        self._assigned: set[TP] = set()  # the assignment the sinks last heard of
 
     @property
     def model_version(self) -> str:
@@ -184,6 +191,7 @@ class Detector:
         restore_signals = on_stop_signals(self._on_stop_signal, SIGHUP=self._on_hup)
         try:
             self._http = self._serve_http()
+            self.sinks.start()
             engine = self._start_engine()
             if engine is None:
                 return 1
@@ -199,6 +207,7 @@ class Detector:
         finally:
             restore_signals()
             self.metrics.set_ready(False)
+            self.sinks.close(SINKS_CLOSE_S)  # after a crash; a clean shutdown closed them already
             if self.engine is not None:
                 self.engine.close()
             if self._http is not None:
@@ -282,6 +291,10 @@ class Detector:
     def _assignment_changed(self) -> None:
         self.metrics.set_assignment(list(self.table.parts))
         self.metrics.set_ready(self._ready()[0])
+        now = set(self.table.parts)
+        released, self._assigned = self._assigned - now, now
+        if released:  # the new owner carries their keys' alerts on
+            self.sinks.forget(sorted(released))
 
     # ------------------------------------------------------------------------------------------
     # Connecting
@@ -347,7 +360,9 @@ class Detector:
 
     def _wire(self, engine: EngineClient) -> None:
         """The collaborators, each owning its part of the state, on the connected clients."""
-        publisher = Publisher(self.svc, engine, self.table, self.metrics, self.health, self._stop)
+        publisher = Publisher(
+            self.svc, engine, self.table, self.metrics, self.health, self._stop, sinks=self.sinks
+        )
         publisher.producer, publisher.consumer = self._producer, self._consumer
         checkpoints = Checkpointer(
             self.svc.group, self.store, engine, self.table, self.metrics, drain=publisher.drain
@@ -467,6 +482,8 @@ class Detector:
         except Exception as e:  # leaving the group is best effort
             log.warning("closing the consumer failed: %r", e)
         self._consumer = None
+        # Out of the group: what the sinks still hold goes out within the shutdown timeout.
+        self.sinks.close(remaining())
         self._close_clients(timeout_s=remaining())
         self.metrics.set_assignment([])
         if unsafe:

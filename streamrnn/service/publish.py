@@ -24,6 +24,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..alerting.sinks import AlertSinks
 from ..config import ServiceConfig
 from .clients import Backoff
 from .consume import Poll
@@ -64,7 +65,9 @@ class Unacked:
 class Publisher:
     """Hands polls to the engine side, publishes their outcomes and commits them in order.
 
-    ``producer`` and ``consumer`` (for commits) are set once the clients are connected."""
+    ``producer`` and ``consumer`` (for commits) are set once the clients are connected. ``sinks``
+    get each poll's alerts and recoveries once its messages are acknowledged, so that every page
+    has its record in the alerts topic; handing them over never waits."""
 
     def __init__(
         self,
@@ -74,8 +77,11 @@ class Publisher:
         metrics: Metrics,
         health: Health,
         stop: threading.Event,
+        *,
+        sinks: AlertSinks | None = None,
     ) -> None:
         self.svc = svc
+        self.sinks = sinks
         self.engine = engine
         self.table = table
         self.metrics = metrics
@@ -204,6 +210,8 @@ class Publisher:
             m.anomaly(topic, n)
         if out.alerts:
             m.alerts_published.inc(len(out.alerts))
+        if self.sinks is not None and (out.alerts or out.recovered):
+            self.sinks.submit([v for _, v in out.alerts], out.recovered)
         m.observe_scores(out.score)
         m.observe_event_lags(now - out.times)
         m.engine_seconds.inc(out.seconds)
