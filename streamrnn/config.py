@@ -335,7 +335,8 @@ class AlertsConfig:
     # ... or this many seconds after its key's last flagged event (a key that went quiet).
     resolve_timeout_s: float = _rule(3600.0, lambda x: x > 0, "must be > 0")
     # A key's notifications after its first wait until this long after its previous one and
-    # collapse into one, as Alertmanager groups within its group_interval.
+    # collapse into one, as Alertmanager groups within its group_interval; a resolution follows
+    # its page at least this late, so keep it above Alertmanager's group_wait (30 s by default).
     group_interval_s: float = _rule(60.0, _nonneg, "must be >= 0")
     # Active alerts tracked at most; a new one beyond is dropped (counted), never queued.
     max_active: int = _rule(10_000, _pos, "must be an integer >= 1")

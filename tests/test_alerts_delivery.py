@@ -256,7 +256,8 @@ def test_timeout_superseded_overflow_and_malformed_reach_the_receiver_or_the_cou
         for r in recorder.requests()
     ]
     assert ("reloaded", "resolved", "v1") in got and ("reloaded", "firing", "v2") in got
-    assert got.index(("reloaded", "resolved", "v1")) < got.index(("reloaded", "firing", "v2"))
+    # The superseded alert's page went out before its resolution, which never overtakes it.
+    assert got.index(("reloaded", "firing", "v1")) < got.index(("reloaded", "resolved", "v1"))
     assert all(k != "one-too-many" for k, _, _ in got)
     labels = {"sink": "webhook", "target": recorder.url}
     assert sample(reg, "streamrnn_sink_dropped_total", reason="overflow", **labels) == 1

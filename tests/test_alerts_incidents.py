@@ -233,3 +233,31 @@ def test_queue_serves_equal_due_times_first_come_first_served_and_merges_keep_th
         q.offer(k, k + "1")
     q.offer("z", "z2")
     assert [item for _, item, _ in q.take(3)] == ["z2", "a1", "m1"]
+
+
+def test_queue_a_resolution_waits_behind_a_page_not_yet_delivered() -> None:
+    clock = Clock()
+    q: KeyedQueue[str] = KeyedQueue(10, 30.0, monotonic=clock.monotonic)
+
+    def behind(pending: str, new: str) -> bool:
+        return new.startswith("resolved") and pending.startswith("firing")
+
+    q.offer("k", "firing 1", behind=behind)
+    assert q.offer("k", "resolved 1", behind=behind) == "merged"
+    ((entry, item, version),) = q.take(5)
+    assert item == "firing 1"  # the page goes out first
+    q.done(entry, version)
+    assert q.take(5) == []  # the resolution follows a group interval later
+    clock.advance(30)
+    ((entry, item, version),) = q.take(5)
+    assert item == "resolved 1"
+    q.done(entry, version)
+    assert len(q) == 0
+    # A flap behind a page: the latest state waits behind it.
+    q.offer("j", "firing 1", behind=behind)
+    q.offer("j", "resolved 1", behind=behind)
+    q.offer("j", "firing 2", behind=behind)
+    ((entry, item, version),) = q.take(5)
+    q.done(entry, version)
+    clock.advance(30)
+    assert [i for _, i, _ in q.take(5)] == ["firing 2"]

@@ -58,6 +58,11 @@ class Sink(Protocol):
         """Raise :class:`DeliveryError` when the target is not healthy."""
 
 
+def _behind(pending: Notice, new: Notice) -> bool:
+    """A resolution never overtakes a page: it waits behind a firing notice still queued."""
+    return new.status == "resolved" and pending.status == "firing"
+
+
 class Target:
     """One URL of one sink: a bounded queue and the thread delivering it."""
 
@@ -94,7 +99,7 @@ class Target:
     def offer(self, notice: Notice, *, resend: bool = False) -> Offered:
         """Queue ``notice``; a merge is counted as collapsed, a refusal as dropped
         (``queue_full``). A ``resend`` (a keep-alive of an active alert) is counted as neither."""
-        got = self.queue.offer(notice.fingerprint, notice, hold=not resend)
+        got = self.queue.offer(notice.fingerprint, notice, hold=not resend, behind=_behind)
         if not resend:
             if got == "merged":
                 self.metrics.collapsed.inc()
@@ -140,7 +145,8 @@ class Target:
         now = self._now()
         if now >= self._next_expire:
             self._next_expire = now + EXPIRE_EVERY_S
-            self.metrics.dropped("expired", len(self.queue.expire(self.delivery.max_age_s)))
+            old = self.queue.expire(self.delivery.max_age_s)
+            self.metrics.dropped("expired", sum(1 + (e.next is not None) for e in old))
         if now < self._retry_at:  # paused after a failure; close() ends the pause
             self._closing.wait(min(self._retry_at - now, EXPIRE_EVERY_S))
             return
@@ -240,10 +246,11 @@ class Target:
                 break
             self._deliver(batch, max(0.05, min(self.delivery.timeout_s, left)))
         rest = self.queue.take(len(self.queue) + 1, ignore_due=True)
+        lost = sum(1 + (entry.next is not None) for entry, _, _ in rest)
         for entry, _, _ in rest:
             self.queue.discard(entry)
-        if rest:
-            self.metrics.dropped("shutdown", len(rest))
+        if lost:
+            self.metrics.dropped("shutdown", lost)
             log.warning(
-                "alert sink %s: %d notification(s) undelivered at shutdown", self.name, len(rest)
+                "alert sink %s: %d notification(s) undelivered at shutdown", self.name, lost
             )

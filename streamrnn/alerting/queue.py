@@ -5,6 +5,9 @@ A :class:`KeyedQueue` holds at most one entry per key, and at most ``capacity`` 
 * ``offer(key, item)`` for a key with an entry *replaces* its item (the latest state of the
   key's incident wins; the entry keeps its place, its due time and its age): that is the collapse.
   For a key without one it adds an entry, or refuses it (``"dropped"``) when the queue is full.
+  An item that must not overtake the pending one (``behind(pending, new)`` is true: a resolution
+  behind a page not yet delivered) waits behind it instead, as the entry's next item, delivered a
+  group interval after it; later offers replace that next item.
 * A key's first entry is due at once. An entry offered within ``group_interval_s`` after the key's
   previous delivery is due ``group_interval_s`` after that delivery, so a key's notifications
   reach a target at most once per group interval and everything in between collapses into one.
@@ -45,6 +48,7 @@ class Entry(Generic[T]):
     due: float  # monotonic: not to be sent before
     out: bool = False  # taken by the worker, not yet reported back
     pushed: int = 0  # the sequence number of its valid heap item
+    next: T | None = None  # waits behind ``item``: sent a group interval after it
 
 
 class KeyedQueue(Generic[T]):
@@ -72,15 +76,25 @@ class KeyedQueue(Generic[T]):
         with self._cond:
             return len(self._entries)
 
-    def offer(self, key: str, item: T, *, hold: bool = True) -> Offered:
+    def offer(
+        self,
+        key: str,
+        item: T,
+        *,
+        hold: bool = True,
+        behind: Callable[[T, T], bool] | None = None,
+    ) -> Offered:
         """Queue ``item`` as ``key``'s latest state (see the module docstring); with ``hold``
         False (a keep-alive re-send) a new entry is due at once, group interval or not."""
         with self._cond:
             now = self._now()
             e = self._entries.get(key)
             if e is not None:
-                e.item = item
-                e.version += 1  # keeps its place and its due time
+                if e.next is not None or (behind is not None and behind(e.item, item)):
+                    e.next = item
+                else:
+                    e.item = item
+                    e.version += 1  # keeps its place and its due time
                 return "merged"
             if len(self._entries) >= self.capacity:
                 return "dropped"
@@ -115,7 +129,12 @@ class KeyedQueue(Generic[T]):
             self._sent[entry.key] = now
             self._sent.move_to_end(entry.key)
             entry.out = False
-            if self._entries.get(entry.key) is entry and entry.version == version:
+            if self._entries.get(entry.key) is not entry:
+                return
+            if entry.version == version and entry.next is not None:  # what waited behind it
+                entry.item, entry.next = entry.next, None
+                entry.version += 1
+            elif entry.version == version:
                 del self._entries[entry.key]
                 return
             if self._entries.get(entry.key) is entry:  # replaced while out: send the newer later
