@@ -45,6 +45,8 @@ ALERTS = {
     "StreamrnnDeadLettersHigh",
     "StreamrnnCheckpointStale",
     "StreamrnnBatchLatencyHigh",
+    "StreamrnnAlertSinkFailing",
+    "StreamrnnAlertsDropped",
 }
 TOPICS = {"readings": 4, "streamrnn.alerts": None, "streamrnn.scores": None, "streamrnn.dlq": None}
 
@@ -647,6 +649,8 @@ def test_alert_rules_shape():
     assert "[1d]" in by_name["StreamrnnAnomalyRateHigh"]["expr"]
     assert "histogram_quantile(0.99" in by_name["StreamrnnBatchLatencyHigh"]["expr"]
     assert "600" in by_name["StreamrnnCheckpointStale"]["expr"]
+    assert by_name["StreamrnnAlertSinkFailing"]["labels"]["severity"] == "critical"
+    assert "streamrnn_sink_dropped_total" in by_name["StreamrnnAlertsDropped"]["expr"]
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test():

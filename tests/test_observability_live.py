@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from amtools import Recorder
 from promtools import (
     DASHBOARD,
     RULES,
@@ -85,6 +86,9 @@ def live(
     raw = service_config(
         bootstrap, topic, f"g-{tmp.name}", model_dir(), tmp / "state", checkpoint_interval_s=1.0
     )
+    # The traffic's spikes page a webhook, so the dashboard's alert sink panels have data too.
+    receiver = Recorder().__enter__()
+    raw["alerts"] = {"sinks": {"webhook": {"urls": [receiver.url]}}}
     det = ThreadedDetector(raw)
     try:
         wait_for(lambda: det.detector.metrics_port is not None, 30, "the metrics endpoint")
@@ -102,6 +106,7 @@ def live(
             yield prom, target
     finally:
         assert det.stop() == 0
+        receiver.__exit__(None, None, None)
 
 
 def test_detector_is_scraped_and_ready(live: tuple[PrometheusServer, str]) -> None:

@@ -90,6 +90,25 @@ def feed(metrics: Metrics, rounds: int = 1) -> None:
         metrics.model_reload("ok")
         metrics.set_model("20250101-abcdef", "lstm", 64, "cpu")
         metrics.set_ready(True)
+        feed_sinks(metrics)
+
+
+def feed_sinks(metrics: Metrics) -> None:
+    """The alert sinks' metrics, as a healthy detector paging through Alertmanager and a webhook
+    shows them (a failed request retried with success since, nothing dropped)."""
+    now = time.time()
+    for sink, target in (("alertmanager", "http://alertmanager:9093"), ("webhook", "https://h/in")):
+        t = metrics.sinks.target(sink, target)
+        t.sent.inc(2)
+        t.failures.inc()
+        t.collapsed.inc()
+        t.queue_depth.set(1)
+        t.request_seconds.observe(0.01)
+        t.delivery_seconds.observe(0.4)
+        t.last_failure.set(now - 60)
+        t.last_success.set(now)
+    metrics.sinks.active.set(3)
+    metrics.sinks.resolved.labels(reason="events").inc()
 
 
 def test_promtool_check_metrics():
