@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 import urllib.error
@@ -45,6 +46,15 @@ def ensure_alertmanager() -> str:
     if _FOUND is None:
         _FOUND = ensure_debian_package("prometheus-alertmanager", _find)
     return _FOUND
+
+
+def amtool(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``amtool`` (from the same Debian package) with ``args``."""
+    ensure_alertmanager()
+    tool = ensure_debian_package("prometheus-alertmanager", lambda: _which("amtool"))
+    return subprocess.run(
+        [tool, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _request(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
@@ -94,13 +104,18 @@ class AlertmanagerServer(ServerProcess):
         *,
         receiver_url: str | None = None,
         group_by: tuple[str, ...] = ("alertname", "key"),
+        config: dict[str, Any] | None = None,
         startup_timeout: float = 30.0,
     ) -> None:
         super().__init__(Path(tmp_path) / "alertmanager", startup_timeout)
         self.receiver_url = receiver_url
         self.group_by = group_by
+        self._config = config
 
     def config(self) -> dict[str, Any]:
+        """``config`` when one was given, else a route of everything to ``receiver_url``."""
+        if self._config is not None:
+            return self._config
         receiver: dict[str, Any] = {"name": "pager"}
         if self.receiver_url:
             receiver["webhook_configs"] = [{"url": self.receiver_url, "send_resolved": True}]

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from alerttools import alert_message
 from amtools import (
     AlertmanagerServer,
     Recorder,
     alertmanager_pages,
+    amtool,
     ensure_alertmanager,
     wait_until,
 )
@@ -253,4 +255,30 @@ def test_an_idle_alertmanager_target_is_probed_so_a_broken_path_shows_before_a_p
             lambda: reg.get_sample_value("streamrnn_sink_last_success_timestamp_seconds", labels),
             timeout=10,
         )
+        sinks.close(1.0)
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "deploy" / "alertmanager" / "alertmanager.yml"
+
+
+def test_the_shipped_alertmanager_config_is_valid_and_routes_to_the_receiver_that_logs() -> None:
+    result = amtool("check-config", str(SHIPPED))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for alertname in ("StreamrnnAnomaly", "StreamrnnAlertSinkFailing", "StreamrnnDown"):
+        routed = amtool(
+            "config", "routes", "test", f"--config.file={SHIPPED}", f"alertname={alertname}"
+        )
+        assert routed.stdout.strip() == "log", routed.stdout + routed.stderr
+
+
+def test_the_shipped_route_pages_an_anomaly(tmp_path: Path, pager: Recorder) -> None:
+    config = yaml.safe_load(SHIPPED.read_text())
+    (receiver,) = config["receivers"]
+    assert receiver["webhook_configs"][0]["url"] == "http://alert-log:9095/"
+    receiver["webhook_configs"][0]["url"] = pager.url  # the compose service's stand-in
+    with AlertmanagerServer(tmp_path, config=config) as am:
+        reg = CollectorRegistry()
+        sinks = start_sinks([am.url], reg)
+        sinks.submit([alert_message("meter-3", 7, time.time())])
+        wait_until("the page (group_wait 10 s)", lambda: pages(pager, "meter-3"), timeout=30)
         sinks.close(1.0)

@@ -227,6 +227,35 @@ def test_compose_prometheus(services: dict[str, Any]):
     assert "streamrnn" in services
 
 
+def test_compose_alertmanager_and_the_receiver_that_logs(services: dict[str, Any]):
+    am = services["alertmanager"]
+    assert am["image"].startswith("prom/alertmanager:")
+    assert "9093:9093" in ports_of(am)
+    assert binds(am)["/etc/alertmanager"] == (DEPLOY / "alertmanager", True)
+    cmd = command_of(am)
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in cmd
+    # Every route ends at the receiver that logs: the alert-log service's port.
+    log = services["alert-log"]
+    assert log.get("image") == services["streamrnn"].get("image")
+    assert command_of(log) == ["alerts", "receive", "--port", "9095"]
+    config = load_yaml(DEPLOY / "alertmanager" / "alertmanager.yml")
+    urls = [w["url"] for r in config["receivers"] for w in r.get("webhook_configs", [])]
+    assert urls == ["http://alert-log:9095/"]
+    # Prometheus and the detector both point at it.
+    prom = load_yaml(PROMETHEUS_CONFIG)
+    targets = [
+        t
+        for am_ in prom["alerting"]["alertmanagers"]
+        for sc in am_["static_configs"]
+        for t in sc["targets"]
+    ]
+    assert targets == ["alertmanager:9093"]
+    from streamrnn.config import load_config
+
+    detector = load_config(ROOT / "config" / "config.yaml")
+    assert detector.alerts.sinks.alertmanager.urls == ("http://alertmanager:9093",)
+
+
 def test_compose_grafana(services: dict[str, Any]):
     graf = services["grafana"]
     assert graf["image"].startswith("grafana/grafana:")
