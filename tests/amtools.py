@@ -262,3 +262,8 @@ def alertmanager_pages(recorder: Recorder) -> Iterator[tuple[str, Mapping[str, A
     for r in recorder.requests():
         for alert in r.json().get("alerts", []):
             yield alert.get("status", ""), alert
+
+
+def pages(recorder: Recorder, key: str) -> list[str]:
+    """The statuses of the alerts of ``key`` that Alertmanager paged ``recorder`` with, in order."""
+    return [s for s, a in alertmanager_pages(recorder) if a["labels"].get("key") == key]

@@ -9,7 +9,6 @@ group wait and interval, so each test sees what a person would be paged with.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ from alerttools import alert_message
 from amtools import (
     AlertmanagerServer,
     Recorder,
-    alertmanager_pages,
     amtool,
-    ensure_alertmanager,
+    pages,
     wait_until,
 )
 from prometheus_client import CollectorRegistry
@@ -32,23 +30,6 @@ from streamrnn.alerting.metrics import SinkMetrics
 from streamrnn.config import load_config
 
 pytestmark = pytest.mark.alertmanager
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _alertmanager_installed() -> None:
-    ensure_alertmanager()
-
-
-@pytest.fixture
-def pager() -> Iterator[Recorder]:
-    with Recorder() as r:
-        yield r
-
-
-@pytest.fixture
-def am(tmp_path: Path, pager: Recorder) -> Iterator[AlertmanagerServer]:
-    with AlertmanagerServer(tmp_path, receiver_url=pager.url) as server:
-        yield server
 
 
 def start_sinks(urls: list[str], registry: CollectorRegistry, **alerts: Any) -> AlertSinks:
@@ -64,10 +45,6 @@ def start_sinks(urls: list[str], registry: CollectorRegistry, **alerts: Any) -> 
 
 def parse_time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def pages(pager: Recorder, key: str) -> list[str]:
-    return [status for status, a in alertmanager_pages(pager) if a["labels"].get("key") == key]
 
 
 def test_alert_reaches_alertmanager_with_its_labels_and_resolves(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,7 @@ import pytest
 from amtools import (
     AlertmanagerServer,
     Recorder,
-    alertmanager_pages,
-    ensure_alertmanager,
+    pages,
     wait_until,
 )
 from servicetools import (
@@ -46,23 +44,6 @@ from streamrnn.tools.broker import EmbeddedBroker, create_topics
 pytestmark = [pytest.mark.kafka, pytest.mark.alertmanager, pytest.mark.slow]
 
 RESOLVE_AFTER = 40  # unflagged events of a key before its alert resolves (> the cooldown below)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _alertmanager_installed() -> None:
-    ensure_alertmanager()
-
-
-@pytest.fixture
-def pager() -> Iterator[Recorder]:
-    with Recorder() as r:
-        yield r
-
-
-@pytest.fixture
-def am(tmp_path: Path, pager: Recorder) -> Iterator[AlertmanagerServer]:
-    with AlertmanagerServer(tmp_path, receiver_url=pager.url) as server:
-        yield server
 
 
 def site(key: str) -> str:
@@ -104,10 +85,6 @@ def flags_of(raw: dict[str, Any], events: list[Event]) -> dict[str, list[int]]:
     for i in np.flatnonzero(flag).tolist():
         out.setdefault(events[i].key, []).append(i // len(keys))
     return out
-
-
-def pages(pager: Recorder, key: str) -> list[str]:
-    return [status for status, a in alertmanager_pages(pager) if a["labels"].get("key") == key]
 
 
 def test_a_spike_pages_through_alertmanager_with_its_labels_and_resolves(
