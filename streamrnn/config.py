@@ -4,6 +4,17 @@ Every section is a frozen dataclass. Each field carries its rule; a value that b
 start-up with ``ConfigError("section.key: rule, got value")``. Unknown keys are errors too, so a
 typo never silently falls back to a default. ``config/default.yaml`` documents every key.
 
+Values come from four places, each winning over the next: command-line flags (``overrides``),
+environment variables (``environ``), the YAML file, the defaults. An environment variable names
+its key in capitals with ``__`` between levels and ``STREAMRNN_`` in front:
+``STREAMRNN_SERVICE__KAFKA__SASL_USERNAME`` is ``service.kafka.sasl_username``. Its text is read
+as the key's type asks: a number or ``true``/``false`` as YAML reads them, a list as
+comma-separated items (or a YAML list ``[a, b]``), a string as it is; an empty text sets an
+optional key to null. :func:`resolve_config` also returns where each value came from.
+
+Passwords and tokens are :class:`Secret` values: the value itself, ``{env: NAME}`` or
+``{file: PATH}``; printing a config shows ``***`` or the reference, never the value.
+
 >>> cfg = load_config(None, overrides={"model.cell": "gru"})
 >>> cfg.model.cell
 'gru'
@@ -24,9 +35,23 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
+
+from .secret import MASK, Secret, SecretError, looks_secret
+
+__all__ = [
+    "MASK",
+    "Config",
+    "ConfigError",
+    "KafkaConfig",
+    "Secret",
+    "SecretError",
+    "dump_config",
+    "load_config",
+    "read_source",
+]
 
 CellType = Literal["lstm", "gru"]
 Device = str  # "auto", "cpu", "cuda", "cuda:N"
@@ -159,6 +184,40 @@ class InputConfig:
 
 
 OffsetReset = Literal["earliest", "latest"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """How every Kafka client of streamrnn connects (consumer, producer, admin, state topic).
+
+    Files are PEM. Secrets (:class:`Secret`) are the value, ``{env: NAME}`` or ``{file: PATH}``.
+    The rules between keys (a SASL protocol needs a mechanism, TLS files need a TLS protocol, ...)
+    are checked by ``_check_kafka`` below; the option maps by
+    :func:`streamrnn.security.options.check_options`.
+    """
+
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    # CA bundle that signs the brokers' certificates; null: the system's trusted CAs.
+    ssl_cafile: str | None = None
+    # Client certificate and key for mutual TLS; the key may be encrypted with ssl_password.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: Secret | None = None
+    # The broker's certificate must name the host connected to (off only for a test cluster).
+    ssl_check_hostname: bool = True
+    # Certificate revocation list; a revoked broker certificate is refused.
+    ssl_crlfile: str | None = None
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    # OAUTHBEARER: the token, usually {file: PATH}, read again whenever the file changes.
+    sasl_oauth_token: Secret | None = None
+    # Further kafka-python options for each client, checked against the options it knows.
+    consumer_options: dict[str, Any] = _rule_factory(dict)
+    producer_options: dict[str, Any] = _rule_factory(dict)
+    admin_options: dict[str, Any] = _rule_factory(dict)
 
 
 @dataclass(frozen=True)
@@ -214,6 +273,10 @@ class ServiceConfig:
     model_poll_interval_s: float = _rule(10.0, _nonneg, "must be >= 0")
     # Longest pause between retries while the broker is unreachable.
     retry_backoff_max_s: float = _rule(30.0, lambda x: x > 0, "must be > 0")
+    # Prometheus web-config file (tls_server_config, basic_auth_users) guarding the HTTP endpoint.
+    metrics_web_config: str | None = None
+    # TLS and SASL of every Kafka client (the consumer, producer, admin and state-topic clients).
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
 
 #: Labels every alert carries; ``alerts.labels`` adds others and may not redefine these.
@@ -356,19 +419,61 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
 
-def _to_plain(x: Any) -> Any:
+def to_plain(x: Any) -> Any:
+    if isinstance(x, Secret):
+        return x.describe()
     if isinstance(x, dict):
-        return {k: _to_plain(v) for k, v in x.items()}
+        return {k: to_plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_to_plain(v) for v in x]
+        return [to_plain(v) for v in x]
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Types and their rules
+
+_SECRET_TEXT = "must be the secret as text, {env: NAME} or {file: PATH}"
+
+
+def optional_of(tp: Any) -> Any:
+    """``X`` for ``X | None``; ``tp`` itself otherwise."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _holds_secret(tp: Any) -> bool:
+    return optional_of(tp) is Secret
+
+
+def is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _shape(value: Any) -> str:
+    """How an error shows a value that may be a secret: its shape, never its text."""
+    if isinstance(value, Mapping):
+        return f"a mapping with keys {sorted(str(k) for k in value)}"
+    if isinstance(value, str):
+        return "an empty string" if not value else f"a string of {len(value)} characters"
+    return f"a value of type {type(value).__name__}"
+
+
+def _dict_of_str(tp: Any) -> bool:
+    """``dict[str, str]`` (label maps), as against ``dict[str, Any]`` (option maps)."""
+    args = typing.get_args(tp)
+    return len(args) == 2 and args[1] is str
 
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if tp is Secret:
+        return _SECRET_TEXT
     if origin is Literal:
         return "must be one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if tp is bool:
@@ -382,7 +487,9 @@ def _describe(tp: Any) -> str:
     if origin in (tuple, list):
         return "must be a list of strings"
     if origin is dict:
-        return "must be a mapping of strings to strings"
+        if _dict_of_str(tp):
+            return "must be a mapping of strings to strings"
+        return "must be a mapping of option names to values"
     if origin in (typing.Union, types.UnionType):
         return (
             " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
@@ -391,9 +498,22 @@ def _describe(tp: Any) -> str:
     return f"must be {tp}"
 
 
+def _secret(value: Any, key: str) -> Secret:
+    if isinstance(value, Secret):
+        return value
+    if isinstance(value, str) and value:
+        return Secret(value)
+    if isinstance(value, Mapping) and len(value) == 1:
+        ((form, ref),) = value.items()
+        if form in ("env", "file") and isinstance(ref, str) and ref:
+            return Secret(env=ref) if form == "env" else Secret(file=ref)
+    raise ConfigError(f"{key}: {_SECRET_TEXT}, got {_shape(value)}")
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"{key}: {_describe(tp)}, got {value!r}")
+    shown = _shape(value) if _holds_secret(tp) else repr(value)
+    bad = ConfigError(f"{key}: {_describe(tp)}, got {shown}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -406,6 +526,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise bad
+    if tp is Secret:
+        return _secret(value, key)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -433,15 +555,25 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise bad
         return tuple(value)
     if origin is dict:
+        strings = _dict_of_str(tp)
         if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            isinstance(k, str) and (isinstance(v, str) or not strings) for k, v in value.items()
         ):
             raise bad
         return dict(value)
     raise bad  # pragma: no cover - a field type this loader does not know
 
 
-def _build(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
+def _unknown_key(key: str, known: str, value: Any) -> ConfigError:
+    # A typo of a secret's key is still a secret: no value for such names, nor in service.kafka.
+    shown = _shape(value) if looks_secret(key) or ".kafka." in key else repr(value)
+    return ConfigError(f"{key}: unknown key (known: {known}), got {shown}")
+
+
+Label = Callable[[str], str]
+
+
+def build_section(cls: type, data: Mapping[str, Any] | None, prefix: str, label: Label) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -450,26 +582,110 @@ def _build(cls: type, data: Mapping[str, Any] | None, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
         if k not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{prefix}{k}: unknown key (known: {known}), got {data[k]!r}")
+            raise _unknown_key(label(f"{prefix}{k}"), ", ".join(sorted(fields)), data[k])
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         key = f"{prefix}{name}"
         tp = hints[name]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data.get(name), key + ".")
+        if is_section(tp):
+            kwargs[name] = build_section(tp, data.get(name), key + ".", label)
             continue
         if name not in data:
             continue
-        value = _coerce(tp, data[name], key)
+        value = _coerce(tp, data[name], label(key))
         check = f.metadata.get("check")
         if check is not None and value is not None and not check(value):
-            raise ConfigError(f"{key}: {f.metadata['text']}, got {data[name]!r}")
+            raise ConfigError(f"{label(key)}: {f.metadata['text']}, got {data[name]!r}")
         kwargs[name] = value
-    return cls(**kwargs)
+    section = cls(**kwargs)
+    section_check = _SECTION_CHECKS.get(cls)
+    if section_check is not None:
+        section_check(section, prefix, label)
+    return section
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+# ---------------------------------------------------------------------------------------------
+# Rules between keys
+
+_TLS_KEYS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_crlfile")
+_SASL_KEYS = ("sasl_mechanism", "sasl_username", "sasl_password", "sasl_oauth_token")
+
+
+def _check_kafka(k: KafkaConfig, prefix: str, label: Label) -> None:
+    """Rules between the keys of ``service.kafka``: nothing set that would be ignored, nothing
+    missing that the protocol and mechanism need."""
+    proto = k.security_protocol
+    tls, sasl = proto in ("SSL", "SASL_SSL"), proto.startswith("SASL_")
+
+    def fail(key: str, rule: str, value: Any) -> NoReturn:
+        raise ConfigError(f"{label(prefix + key)}: {rule}, got {value!r}")
+
+    ignored = f"not {proto} (it would be ignored)"
+    for key in _TLS_KEYS if not tls else ():
+        if getattr(k, key) is not None:
+            fail(key, f"needs security_protocol SSL or SASL_SSL, {ignored}", getattr(k, key))
+    if not tls and not k.ssl_check_hostname:
+        fail("ssl_check_hostname", f"needs security_protocol SSL or SASL_SSL, not {proto}", False)
+    if k.ssl_certfile is None:
+        for key in ("ssl_keyfile", "ssl_password"):
+            if getattr(k, key) is not None:
+                fail(key, "needs ssl_certfile (the client certificate) as well", getattr(k, key))
+    for key in _SASL_KEYS if not sasl else ():
+        if getattr(k, key) is not None:
+            fail(
+                key,
+                f"needs security_protocol SASL_PLAINTEXT or SASL_SSL, {ignored}",
+                getattr(k, key),
+            )
+    if sasl:
+        _check_sasl(k, prefix, fail)
+    from .security.options import check_options  # imports kafka-python: only when needed
+
+    roles: tuple[Literal["consumer", "producer", "admin"], ...] = ("consumer", "producer", "admin")
+    for role in roles:
+        check_options(role, getattr(k, f"{role}_options"), _option_label(label, prefix, role))
+
+
+def _option_label(label: Label, prefix: str, role: str) -> Label:
+    return lambda opt: label(f"{prefix}{role}_options.{opt}")
+
+
+def _check_sasl(k: KafkaConfig, prefix: str, fail: Callable[[str, str, Any], None]) -> None:
+    mech = k.sasl_mechanism
+    if mech is None:
+        mechs = "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER"
+        fail(
+            "sasl_mechanism",
+            f"must be {mechs} when security_protocol is {k.security_protocol}",
+            None,
+        )
+    if mech == "OAUTHBEARER":
+        if k.sasl_oauth_token is None:
+            fail("sasl_oauth_token", "must be set for OAUTHBEARER (usually {file: PATH})", None)
+        for key in ("sasl_username", "sasl_password"):
+            if getattr(k, key) is not None:
+                fail(
+                    key,
+                    "is for PLAIN and SCRAM, not OAUTHBEARER (it would be ignored)",
+                    getattr(k, key),
+                )
+        return
+    if not k.sasl_username:
+        fail("sasl_username", f"must be set for {mech}", k.sasl_username)
+    if k.sasl_password is None:
+        fail("sasl_password", f"must be set for {mech}", None)
+    if k.sasl_oauth_token is not None:
+        fail(
+            "sasl_oauth_token",
+            f"is for OAUTHBEARER, not {mech} (it would be ignored)",
+            k.sasl_oauth_token,
+        )
+
+
+_SECTION_CHECKS: dict[type, Callable[[Any, str, Label], None]] = {KafkaConfig: _check_kafka}
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any, *, merge: bool = False) -> None:
     parts = dotted.split(".")
     node = raw
     for p in parts[:-1]:
@@ -480,7 +696,11 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"{dotted}: {p} is not a section, got {child!r}")
         node = child
-    node[parts[-1]] = value
+    old = node.get(parts[-1])
+    if merge and isinstance(old, dict) and isinstance(value, dict):
+        node[parts[-1]] = {**old, **value}
+    else:
+        node[parts[-1]] = value
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -502,28 +722,43 @@ def load_config(
     source: str | Path | Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     cls: type = Config,
+    environ: Mapping[str, str] | None = None,
 ) -> Any:
     """Load and validate a config.
 
     ``source`` is a YAML path, an already-parsed mapping, or None for the defaults.
     ``overrides`` maps dotted keys (``"model.cell"``) to values and wins over the file: this is
     how CLI flags override config keys. ``None`` values in ``overrides`` are ignored.
+    ``environ`` (``os.environ`` in the commands; None reads no variables) sits between the two.
+    :func:`streamrnn.configsources.resolve_config` also tells where each value came from.
     """
+    from .configsources import resolve_config
+
+    return resolve_config(source, overrides, environ, cls).config
+
+
+def read_source(source: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The raw mapping of a YAML path, a mapping (copied) or None."""
     if source is None:
-        raw: dict[str, Any] = {}
-    elif isinstance(source, Mapping):
-        raw = _deep_copy(source)
-    else:
-        raw = read_yaml(source)
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            _set_dotted(raw, k, v)
-    return _build(cls, raw, "")
+        return {}
+    if isinstance(source, Mapping):
+        return _deep_copy(source)
+    return read_yaml(source)
 
 
 def _deep_copy(m: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in m.items()}
 
 
-def dump_config(cfg: Any) -> str:
-    return yaml.safe_dump(_to_plain(dataclasses.asdict(cfg)), sort_keys=False)
+# ---------------------------------------------------------------------------------------------
+# Printing
+
+
+def dump_config(cfg: Any, sources: Mapping[str, str] | None = None) -> str:
+    """The config as YAML, secrets masked; with ``sources``, each value says where it came from
+    (:func:`streamrnn.configsources.dump_annotated`)."""
+    if sources is None:
+        return yaml.safe_dump(to_plain(dataclasses.asdict(cfg)), sort_keys=False)
+    from .configsources import dump_annotated
+
+    return dump_annotated(cfg, sources)
