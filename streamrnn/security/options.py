@@ -14,7 +14,8 @@ committed only after the alerts are acknowledged; a producer's ``acks``), one th
 Python object, and a value of the wrong type.
 
 The password handed to kafka-python is a ``str`` whose ``repr`` is ``'***'``: kafka-python logs
-its configuration as a dict at DEBUG, and a dict shows its values by ``repr``.
+its configuration as a dict at DEBUG, and a dict shows its values by ``repr``. Every revealed
+value is also registered with :mod:`.redact`, which masks it in every log record.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 from ..config import ConfigError, KafkaConfig
 from ..secret import MASK, Secret, SecretError, looks_secret
+from .redact import protect
 
 __all__ = ["Role", "check_options", "client_options", "known_options", "reveal"]
 
@@ -157,6 +159,7 @@ def reveal(secret: Secret, key: str) -> str:
             f"{key}: is {MASK!r}, the mask streamrnn prints in place of a secret, not the secret; "
             f"give the value, {{env: NAME}} or {{file: PATH}}, got {secret!r}"
         )
+    protect(value)
     return _Masked(value)
 
 

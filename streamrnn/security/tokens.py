@@ -14,8 +14,8 @@ import logging
 
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
-from ..config import ConfigError
-from ..secret import Secret, SecretError
+from ..secret import Secret
+from .options import reveal
 
 __all__ = ["SecretTokenProvider"]
 
@@ -37,10 +37,7 @@ class SecretTokenProvider(AbstractTokenProvider):
         self.reads = 0  # tokens handed out (tests and logs)
 
     def token(self) -> str:
-        try:
-            value = self.secret.reveal()
-        except SecretError as e:
-            raise ConfigError(f"{self.key}: {e}, got {self.secret!r}") from None
+        value = str(reveal(self.secret, self.key))  # registered with redact: never logged
         digest = hashlib.sha256(value.encode()).digest()
         if self._digest is not None and digest != self._digest:
             log.info(
