@@ -281,7 +281,9 @@ def test_sasl_failures_name_the_setting(
         preflight(gate.address, kafka_config(**config))
     message = str(err.value)
     assert message.startswith(setting) and cause in message, message
-    assert "Wr0ng-Pa55" not in message and "expired-token" not in message and PASSWORD not in message
+    assert (
+        "Wr0ng-Pa55" not in message and "expired-token" not in message and PASSWORD not in message
+    )
 
 
 def test_mechanism_the_broker_does_not_enable(tmp_path: Path) -> None:
