@@ -122,23 +122,12 @@ def _answers_api_versions(port: int) -> bool:
     """One ApiVersions v0 request on the plain port: the broker speaks Kafka."""
     request = struct.pack(">hhih", API_VERSIONS, 0, 1, 4) + b"test"
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s, s.makefile("rb") as f:
             s.sendall(struct.pack(">i", len(request)) + request)
-            size = struct.unpack(">i", _recv_exact(s, 4))[0]
-            body = _recv_exact(s, size)
-            return struct.unpack(">i", body[:4])[0] == 1
+            size = struct.unpack(">i", f.read(4))[0]
+            return struct.unpack(">i", f.read(size)[:4])[0] == 1
     except (OSError, struct.error):
         return False
-
-
-def _recv_exact(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise OSError("closed")
-        data += chunk
-    return data
 
 
 # ---------------------------------------------------------------------------------------------

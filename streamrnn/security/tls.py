@@ -43,25 +43,22 @@ def client_context(kafka: KafkaConfig) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = kafka.ssl_check_hostname
     if kafka.ssl_cafile:
-        try:
-            ctx.load_verify_locations(cafile=kafka.ssl_cafile)
-        except (OSError, ssl.SSLError) as e:
-            raise _file_error(
-                "ssl_cafile", kafka.ssl_cafile, "a PEM file of CA certificates", e
-            ) from None
+        _load_verify(ctx, "ssl_cafile", kafka.ssl_cafile, "a PEM file of CA certificates")
     else:
         ctx.load_default_certs()
     if kafka.ssl_certfile:
         _load_chain(ctx, kafka)
     if kafka.ssl_crlfile:
-        try:
-            ctx.load_verify_locations(cafile=kafka.ssl_crlfile)
-        except (OSError, ssl.SSLError) as e:
-            raise _file_error(
-                "ssl_crlfile", kafka.ssl_crlfile, "a PEM certificate revocation list", e
-            ) from None
+        _load_verify(ctx, "ssl_crlfile", kafka.ssl_crlfile, "a PEM certificate revocation list")
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
+
+
+def _load_verify(ctx: ssl.SSLContext, key: str, path: str, what: str) -> None:
+    try:
+        ctx.load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError) as e:
+        raise _file_error(key, path, what, e) from None
 
 
 def _load_chain(ctx: ssl.SSLContext, kafka: KafkaConfig) -> None:
