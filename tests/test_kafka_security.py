@@ -331,7 +331,10 @@ def test_no_secret_in_the_debug_log_of_real_logins(
     gate, _ = sasl_cluster
     token = tmp_path / "token"
     token.write_text("token-one")
-    with caplog.at_level(logging.DEBUG):
+    logging.getLogger("kafka").setLevel(
+        logging.WARNING
+    )  # what `streamrnn run` sets; caplog lifts it
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="kafka"):
         round_trip(gate.address, kafka_config(**sasl_keys(pki, "PLAIN")), n=2)
         round_trip(
             gate.address,
