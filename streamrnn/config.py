@@ -195,7 +195,7 @@ class KafkaConfig:
     Files are PEM. Secrets (:class:`Secret`) are the value, ``{env: NAME}`` or ``{file: PATH}``.
     The rules between keys (a SASL protocol needs a mechanism, TLS files need a TLS protocol, ...)
     are checked by ``_check_kafka`` below; the option maps by
-    :func:`streamrnn.security.options.check_options`.
+    :func:`streamrnn.service.kafka_security.check_options`.
     """
 
     security_protocol: SecurityProtocol = "PLAINTEXT"
@@ -639,7 +639,7 @@ def _check_kafka(k: KafkaConfig, prefix: str, label: Label) -> None:
             )
     if sasl:
         _check_sasl(k, prefix, fail)
-    from .security.options import check_options  # imports kafka-python: only when needed
+    from .service.kafka_security import check_options  # imports kafka-python: only when needed
 
     roles: tuple[Literal["consumer", "producer", "admin"], ...] = ("consumer", "producer", "admin")
     for role in roles:

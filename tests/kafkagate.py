@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamrnn.broker import find_tansu
+from streamrnn.tools.broker import find_tansu
 
 __all__ = ["KafkaGate", "Login", "SaslServer", "TansuBehind", "free_port", "server_tls"]
 

@@ -24,7 +24,7 @@ from streamrnn.config import (
     load_config,
 )
 from streamrnn.configsources import resolve_config
-from streamrnn.security.options import client_options, reveal
+from streamrnn.service.kafka_security import client_options, reveal
 
 PASSWORD = "s3cr3t-Pa55w0rd"
 SASL = {

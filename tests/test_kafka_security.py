@@ -20,8 +20,8 @@ from certs import CertAuthority, Issued
 from kafkagate import KafkaGate, SaslServer, TansuBehind, gated_broker, server_tls
 
 from streamrnn.config import ConfigError, KafkaConfig, load_config
-from streamrnn.security.options import client_options, security_options
-from streamrnn.security.preflight import BrokerUnreachable, ConnectionSetupError, check_cluster
+from streamrnn.service.kafka_security import client_options, security_options
+from streamrnn.service.preflight import BrokerUnreachable, ConnectionSetupError, check_cluster
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

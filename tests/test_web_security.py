@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry
 from promtools import PrometheusServer
 
 from streamrnn.config import ConfigError
-from streamrnn.security.http import GuardedMetricsServer, start_guarded_http
-from streamrnn.security.webconfig import load_web_config
+from streamrnn.service.http import MetricsServer, start_http
 from streamrnn.service.metrics import Metrics
+from streamrnn.service.webconfig import load_web_config
 
 SCRAPE_PASSWORD = "scrape-Pa55"
 
@@ -53,12 +53,12 @@ def web_config(tmp_path: Path, ca: CertAuthority, **more: Any) -> Path:
 
 
 @pytest.fixture
-def endpoint(tmp_path: Path, ca: CertAuthority) -> Iterator[tuple[GuardedMetricsServer, Path]]:
+def endpoint(tmp_path: Path, ca: CertAuthority) -> Iterator[tuple[MetricsServer, Path]]:
     registry = CollectorRegistry()
     Metrics(registry).events.labels(outcome="processed").inc(3)
     path = web_config(tmp_path, ca)
-    server = start_guarded_http(
-        registry, "127.0.0.1", 0, lambda: True, lambda: (False, "no model"), path
+    server = start_http(
+        registry, "127.0.0.1", 0, lambda: True, lambda: (False, "no model"), web_config=path
     )
     try:
         yield server, path
@@ -83,7 +83,7 @@ def get(
 
 
 def test_metrics_need_basic_auth_and_probes_stay_open(
-    endpoint: tuple[GuardedMetricsServer, Path], ca: CertAuthority
+    endpoint: tuple[MetricsServer, Path], ca: CertAuthority
 ) -> None:
     server, _ = endpoint
     port = server.server_port
@@ -100,7 +100,7 @@ def test_metrics_need_basic_auth_and_probes_stay_open(
 
 
 def test_plain_http_to_the_tls_port_gets_no_metrics(
-    endpoint: tuple[GuardedMetricsServer, Path],
+    endpoint: tuple[MetricsServer, Path],
 ) -> None:
     server, _ = endpoint
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
@@ -108,7 +108,7 @@ def test_plain_http_to_the_tls_port_gets_no_metrics(
 
 
 def test_users_are_read_again_when_the_file_changes(
-    endpoint: tuple[GuardedMetricsServer, Path], ca: CertAuthority
+    endpoint: tuple[MetricsServer, Path], ca: CertAuthority
 ) -> None:
     server, path = endpoint
     raw = yaml.safe_load(path.read_text())
@@ -130,8 +130,8 @@ def test_client_certificates_when_required(tmp_path: Path, ca: CertAuthority) ->
     )
     path.write_text(yaml.safe_dump(raw))
     client = ca.issue("scraper", client=True)
-    server = start_guarded_http(
-        CollectorRegistry(), "127.0.0.1", 0, lambda: True, lambda: True, path
+    server = start_http(
+        CollectorRegistry(), "127.0.0.1", 0, lambda: True, lambda: True, web_config=path
     )
     try:
         url = f"https://127.0.0.1:{server.server_port}/metrics"
@@ -187,7 +187,7 @@ class ScrapingPrometheus(PrometheusServer):
 
 @pytest.mark.prometheus
 def test_prometheus_scrapes_over_tls_with_basic_auth(
-    endpoint: tuple[GuardedMetricsServer, Path], ca: CertAuthority, tmp_path: Path
+    endpoint: tuple[MetricsServer, Path], ca: CertAuthority, tmp_path: Path
 ) -> None:
     server, _ = endpoint
     target = f"127.0.0.1:{server.server_port}"

@@ -3,6 +3,12 @@
 ``/metrics`` answers in Prometheus text or OpenMetrics, by the ``Accept`` header. ``/healthz``
 (liveness) and ``/readyz`` (readiness) run a check each (:mod:`.health` gives the service's):
 200 with ``ok``, or 503 with the reason.
+
+With a web config (``service.metrics_web_config``, :mod:`.webconfig`: Prometheus's own format)
+the endpoint is guarded: the TLS handshake runs in each connection's own thread (a slow or
+hostile client never holds up the accepting thread), a request for anything but ``/healthz``
+and ``/readyz`` without a valid ``Authorization: Basic`` header gets 401 with
+``WWW-Authenticate: Basic``, and the web config's ``headers`` go on every answer.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from .webconfig import WebGuard
 
 __all__ = ["MetricsServer", "Probe", "start_http"]
 
@@ -53,6 +62,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, *, head: bool) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         srv = self.server
+        guard = srv.guard
+        if (
+            guard is not None
+            and guard.needs_auth(path)
+            and not guard.authorized(self.headers.get("Authorization"))
+        ):
+            self._unauthorized(head)
+            return
         if path == "/metrics":
             try:
                 encoder, content_type = choose_encoder(self.headers.get("Accept") or "")
@@ -72,6 +89,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._text(200, "streamrnn: /metrics /healthz /readyz", head)
         else:
             self._text(404, "not found", head)
+
+    def _unauthorized(self, head: bool) -> None:
+        body = b"unauthorized: basic auth required\n"
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="streamrnn", charset="UTF-8"')
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def end_headers(self) -> None:
+        if self.server.guard is not None:
+            for name, value in self.server.guard.headers().items():
+                self.send_header(name, value)
+        super().end_headers()
 
     def _text(self, status: int, text: str, head: bool) -> None:
         self._send(status, (text + "\n").encode(), "text/plain; charset=utf-8", head)
@@ -94,6 +127,7 @@ class MetricsServer(ThreadingHTTPServer):
 
     Start one with :meth:`start_http` (or the module-level :func:`start_http`); ``port=0``
     picks a free port, readable as ``server.server_port``. :meth:`shutdown` stops it.
+    ``guard`` (a :class:`~.webconfig.WebGuard`) adds TLS and basic auth.
     """
 
     daemon_threads = True
@@ -106,14 +140,29 @@ class MetricsServer(ThreadingHTTPServer):
         port: int,
         health: Probe,
         ready: Probe,
+        guard: WebGuard | None = None,
     ) -> None:
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.registry = registry
         self.health = health
         self.ready = ready
+        self.guard = guard
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve one connection (in its own thread): the TLS handshake first, when guarded."""
+        if self.guard is None or not self.guard.tls:
+            super().finish_request(request, client_address)
+            return
+        wrapped = self.guard.wrap(request)
+        if wrapped is None:
+            return
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            wrapped.close()
 
     @classmethod
     def start_http(
@@ -123,13 +172,16 @@ class MetricsServer(ThreadingHTTPServer):
         port: int,
         health: Probe,
         ready: Probe,
+        web_config: str | Path | None = None,
     ) -> MetricsServer:
         """Serve ``registry`` on ``http://host:port/metrics`` plus ``/healthz`` and ``/readyz``.
 
         ``health`` and ``ready`` return a bool (or ``(bool, reason)``); a false one answers
-        503 with a short reason, an exception answers 503 too.
+        503 with a short reason, an exception answers 503 too. ``web_config`` names a
+        Prometheus web-config file (TLS, basic auth); a bad one raises ``ConfigError``.
         """
-        server = cls(registry, host, port, health, ready)
+        guard = WebGuard(web_config) if web_config is not None else None
+        server = cls(registry, host, port, health, ready, guard)
         thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -138,7 +190,14 @@ class MetricsServer(ThreadingHTTPServer):
         )
         server._thread = thread
         thread.start()
-        log.info("metrics and health endpoints on http://%s:%d/", host, server.server_port)
+        scheme = "https" if guard is not None and guard.tls else "http"
+        log.info(
+            "metrics and health endpoints on %s://%s:%d/%s",
+            scheme,
+            host,
+            server.server_port,
+            f" (web config {web_config})" if web_config is not None else "",
+        )
         return server
 
     def shutdown(self) -> None:

@@ -15,7 +15,7 @@ import logging
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
 from ..secret import Secret
-from .options import reveal
+from .kafka_security import reveal
 
 __all__ = ["SecretTokenProvider"]
 

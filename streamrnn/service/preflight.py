@@ -76,7 +76,7 @@ def check_cluster(
 ) -> str:
     """Connect to the first server that answers, with TLS and login as configured; returns it.
 
-    ``security`` is :func:`streamrnn.security.options.security_options` of ``kafka`` (the same
+    ``security`` is :func:`streamrnn.service.kafka_security.security_options` of ``kafka`` (the same
     TLS context and credentials the clients get). Raises :class:`ConnectionSetupError` on the
     first answer that refuses the configuration, :class:`BrokerUnreachable` when none answers.
     """

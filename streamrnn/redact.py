@@ -1,6 +1,6 @@
 """Log records never carry a secret's value.
 
-Every secret streamrnn reveals to hand to a Kafka client (:func:`streamrnn.security.options.reveal`,
+Every secret streamrnn reveals to hand to a Kafka client (:func:`streamrnn.service.kafka_security.reveal`,
 the OAUTHBEARER provider's tokens) is registered here, and a log record factory replaces each
 registered value with ``***`` in the message, the arguments' text, the traceback and the stack of
 every record made in the process, whatever logger made it. That covers what streamrnn does not
@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import Any
 
-from ..secret import MASK
+from .secret import MASK
 
 __all__ = ["protect", "protected", "scrub"]
 

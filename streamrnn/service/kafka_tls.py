@@ -16,7 +16,7 @@ from __future__ import annotations
 import ssl
 
 from ..config import ConfigError, KafkaConfig
-from .options import reveal
+from .kafka_security import reveal
 
 __all__ = ["client_context"]
 

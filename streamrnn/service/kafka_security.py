@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from ..config import ConfigError, KafkaConfig
+from ..redact import protect
 from ..secret import MASK, Secret, SecretError, looks_secret
-from .redact import protect
 
 __all__ = ["Role", "check_options", "client_options", "known_options", "reveal"]
 
@@ -165,8 +165,8 @@ def reveal(secret: Secret, key: str) -> str:
 
 def security_options(kafka: KafkaConfig) -> dict[str, Any]:
     """The TLS and SASL arguments of every client; builds the TLS context (reads the files)."""
-    from .tls import client_context
-    from .tokens import SecretTokenProvider
+    from .kafka_tls import client_context
+    from .kafka_tokens import SecretTokenProvider
 
     out: dict[str, Any] = {"security_protocol": kafka.security_protocol}
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
