@@ -17,15 +17,17 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 x509 = pytest.importorskip("cryptography.x509", reason="pip install cryptography")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
-__all__ = ["CertAuthority", "Issued"]
+__all__ = ["KEY_PASSWORD", "CertAuthority", "Issued", "Pki", "bcrypt_hash", "web_config_file"]
 
 
 @dataclass(frozen=True)
@@ -172,3 +174,58 @@ class CertAuthority:
         path = self.root / "crl.pem"
         path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
         return path
+
+
+KEY_PASSWORD = "client-key-pw"  # the password of Pki.client's key
+
+
+@dataclass
+class Pki:
+    """The certificates of the Kafka security tests: a CA, another CA, broker certificates (one
+    right, one for another name, one expired) and client certificates (one of each CA)."""
+
+    ca: CertAuthority
+    other: CertAuthority
+    server: Issued
+    wrong_name: Issued
+    expired: Issued
+    client: Issued  # key encrypted with KEY_PASSWORD
+    stranger: Issued  # a client certificate from another CA
+
+    @classmethod
+    def create(cls, root: Path) -> Pki:
+        ca, other = (
+            CertAuthority.create(root / "ca"),
+            CertAuthority.create(root / "other", "other CA"),
+        )
+        return cls(
+            ca=ca,
+            other=other,
+            server=ca.issue("broker", dns=["localhost"], ips=["127.0.0.1"]),
+            wrong_name=ca.issue("wrong-name", dns=["kafka.example.com"]),
+            expired=ca.issue("expired", dns=["localhost"], ips=["127.0.0.1"], days=-1),
+            client=ca.issue("client", client=True, password=KEY_PASSWORD),
+            stranger=other.issue("stranger", client=True),
+        )
+
+
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash as ``htpasswd -nB`` writes it (``$2y$``), cheap to check (cost 4)."""
+    import bcrypt
+
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode().replace("$2b$", "$2y$")
+
+
+def web_config_file(directory: Path, ca: CertAuthority, users: dict[str, str], **more: Any) -> Path:
+    """A Prometheus web-config file: TLS with a certificate of ``ca`` for 127.0.0.1 and
+    localhost, a header, and ``users`` ({name: password}) as bcrypt-hashed basic-auth users."""
+    server = ca.issue("metrics", dns=["localhost"], ips=["127.0.0.1"])
+    raw = {
+        "tls_server_config": {"cert_file": str(server.cert), "key_file": str(server.key)},
+        "http_server_config": {"headers": {"X-Content-Type-Options": "nosniff"}},
+        "basic_auth_users": {user: bcrypt_hash(pw) for user, pw in users.items()},
+        **more,
+    }
+    path = directory / "web.yml"
+    path.write_text(yaml.safe_dump(raw))
+    return path

@@ -44,7 +44,10 @@ from typing import Any
 
 from streamrnn.tools.broker import find_tansu
 
-__all__ = ["KafkaGate", "Login", "SaslServer", "TansuBehind", "free_port", "server_tls"]
+__all__ = [
+    "KafkaGate", "Login", "SaslServer", "TansuBehind", "free_port", "gated_broker", "server_tls",
+    "side_gate",
+]  # fmt: skip
 
 SASL_HANDSHAKE, SASL_AUTHENTICATE, API_VERSIONS = 17, 36, 18
 # Variables tansu reads as options: a stray one must not change the broker under test.
@@ -623,3 +626,11 @@ def gated_broker(gate: KafkaGate, log_path: Path) -> Iterator[tuple[KafkaGate, T
     finally:
         broker.stop()
         gate.stop()
+
+
+def side_gate(behind: TansuBehind, **kwargs: Any) -> KafkaGate:
+    """Another started gate in front of the same broker (for failures at the first connection:
+    the broker advertises the first gate, which a failing client never reaches)."""
+    gate = KafkaGate(**kwargs)
+    gate.upstream_port = behind.port
+    return gate.start()

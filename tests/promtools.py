@@ -264,6 +264,7 @@ class PrometheusServer(ServerProcess):
     and dashboard expect) or a mapping ``{job: [host:port, ...]}``. ``rule_files`` are loaded
     and evaluated every ``scrape_interval``. Data lives under ``tmp_path``. Use as a context
     manager; the process is stopped (and its log kept in ``tmp_path``) on exit.
+    ``job_settings`` adds scrape settings per job (``scheme``, ``tls_config``, ``basic_auth``).
     """
 
     name = "prometheus"
@@ -278,6 +279,7 @@ class PrometheusServer(ServerProcess):
         evaluation_interval: str | None = None,
         metrics_path: str = "/metrics",
         startup_timeout: float = 30.0,
+        job_settings: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if tmp_path is None:
             raise ValueError("tmp_path is required (Prometheus keeps its TSDB and log there)")
@@ -290,6 +292,7 @@ class PrometheusServer(ServerProcess):
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval or scrape_interval
         self.metrics_path = metrics_path
+        self.job_settings = {job: dict(v) for job, v in (job_settings or {}).items()}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -306,6 +309,7 @@ class PrometheusServer(ServerProcess):
                     "job_name": job,
                     "metrics_path": self.metrics_path,
                     "static_configs": [{"targets": targets}],
+                    **self.job_settings.get(job, {}),
                 }
                 for job, targets in self.jobs.items()
             ],

@@ -22,6 +22,8 @@ import numpy as np
 import orjson
 import yaml
 
+from streamrnn.service.clients import Connection, as_connection
+
 ROOT = Path(__file__).resolve().parent.parent
 FAST_GROUP = {  # tansu completes a group's first join after the rebalance timeout: keep it short
     "max_poll_interval_ms": 6000,
@@ -119,12 +121,17 @@ def event_json(e: Event) -> bytes:
 
 
 def produce(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]
+    bootstrap: str | Connection, topic: str, messages: Iterable[tuple[bytes | None, bytes]]
 ) -> list[tuple[int, int]]:
-    """Send ``(key, value)`` messages in order; returns each one's ``(partition, offset)``."""
+    """Send ``(key, value)`` messages in order; returns each one's ``(partition, offset)``.
+
+    ``bootstrap`` is an address, or a :class:`Connection` to a secured cluster (as are the
+    other helpers' here)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    producer = KafkaProducer(
+        **as_connection(bootstrap).options("producer", acks="all", linger_ms=2)
+    )
     try:
         futures = [producer.send(topic, key=k, value=v) for k, v in messages]
         producer.flush(timeout=30)
@@ -137,11 +144,13 @@ def produce(
 class TopicReader:
     """Reads a topic from the beginning, accumulating records across :meth:`poll` calls."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str | Connection, topic: str) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+            **as_connection(bootstrap).options(
+                "consumer", enable_auto_commit=False, fetch_max_wait_ms=50
+            )
         )
         self.topic = topic
         parts: set[int] = set()
@@ -265,12 +274,14 @@ def spawn(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
 
 
 def committed(
-    bootstrap: str, group: str, topic: str, partitions: Iterable[int]
+    bootstrap: str | Connection, group: str, topic: str, partitions: Iterable[int]
 ) -> dict[int, int | None]:
     """The group's committed offsets of ``topic``'s partitions."""
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    c = KafkaConsumer(
+        **as_connection(bootstrap).options("consumer", group_id=group, enable_auto_commit=False)
+    )
     try:
         return {p: c.committed(TopicPartition(topic, p)) for p in partitions}
     finally:

@@ -11,13 +11,12 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from certs import CertAuthority, Issued
-from kafkagate import KafkaGate, SaslServer, TansuBehind, gated_broker, server_tls
+from certs import KEY_PASSWORD, Pki
+from kafkagate import KafkaGate, SaslServer, TansuBehind, gated_broker, server_tls, side_gate
 
 from streamrnn.config import ConfigError, KafkaConfig, load_config
 from streamrnn.service.kafka_security import client_options, security_options
@@ -26,33 +25,11 @@ from streamrnn.service.preflight import BrokerUnreachable, ConnectionSetupError,
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 PASSWORD = "alice-Pa55-w0rd"
-KEY_PASSWORD = "client-key-pw"
-
-
-@dataclass
-class Pki:
-    ca: CertAuthority
-    other: CertAuthority
-    server: Issued
-    wrong_name: Issued
-    expired: Issued
-    client: Issued  # key encrypted with KEY_PASSWORD
-    stranger: Issued  # a client certificate from another CA
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    root = tmp_path_factory.mktemp("pki")
-    ca, other = CertAuthority.create(root / "ca"), CertAuthority.create(root / "other", "other CA")
-    return Pki(
-        ca=ca,
-        other=other,
-        server=ca.issue("broker", dns=["localhost"], ips=["127.0.0.1"]),
-        wrong_name=ca.issue("wrong-name", dns=["kafka.example.com"]),
-        expired=ca.issue("expired", dns=["localhost"], ips=["127.0.0.1"], days=-1),
-        client=ca.issue("client", client=True, password=KEY_PASSWORD),
-        stranger=other.issue("stranger", client=True),
-    )
+    return Pki.create(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +56,6 @@ def sasl_cluster(
     gate = KafkaGate(tls=server_tls(pki.server.cert, pki.server.key), sasl=sasl)
     with gated_broker(gate, tmp_path_factory.mktemp("tansu") / "sasl.log") as cluster:
         yield cluster
-
-
-def side_gate(behind: TansuBehind, **kwargs: Any) -> KafkaGate:
-    """Another gate in front of the same broker (for failures at the first connection)."""
-    gate = KafkaGate(**kwargs)
-    gate.upstream_port = behind.port
-    return gate.start()
 
 
 def kafka_config(**keys: Any) -> KafkaConfig:

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 import pytest
 import yaml
-from certs import CertAuthority
+from certs import CertAuthority, bcrypt_hash, web_config_file
 from prometheus_client import CollectorRegistry
 from promtools import PrometheusServer
 
@@ -30,26 +29,13 @@ from streamrnn.service.webconfig import load_web_config
 SCRAPE_PASSWORD = "scrape-Pa55"
 
 
-def _hash(password: str) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode().replace("$2b$", "$2y$")
-
-
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
     return CertAuthority.create(tmp_path_factory.mktemp("web-pki") / "ca")
 
 
 def web_config(tmp_path: Path, ca: CertAuthority, **more: Any) -> Path:
-    server = ca.issue("metrics", dns=["localhost"], ips=["127.0.0.1"])
-    raw = {
-        "tls_server_config": {"cert_file": str(server.cert), "key_file": str(server.key)},
-        "http_server_config": {"headers": {"X-Content-Type-Options": "nosniff"}},
-        "basic_auth_users": {"prometheus": _hash(SCRAPE_PASSWORD)},
-        **more,
-    }
-    path = tmp_path / "web.yml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return web_config_file(tmp_path, ca, {"prometheus": SCRAPE_PASSWORD}, **more)
 
 
 @pytest.fixture
@@ -112,7 +98,7 @@ def test_users_are_read_again_when_the_file_changes(
 ) -> None:
     server, path = endpoint
     raw = yaml.safe_load(path.read_text())
-    raw["basic_auth_users"] = {"grafana-agent": _hash("other-Pa55")}
+    raw["basic_auth_users"] = {"grafana-agent": bcrypt_hash("other-Pa55")}
     time.sleep(0.01)
     path.write_text(yaml.safe_dump(raw))
     port = server.server_port
@@ -171,20 +157,6 @@ def test_web_config_errors(tmp_path: Path, raw: dict[str, Any], message: str) ->
     assert SCRAPE_PASSWORD not in str(err.value)
 
 
-class ScrapingPrometheus(PrometheusServer):
-    """The test harness's Prometheus, with per-job scrape settings (scheme, TLS, basic auth)."""
-
-    def __init__(self, *args: Any, job_settings: dict[str, dict[str, Any]], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.job_settings = job_settings
-
-    def config(self) -> dict[str, Any]:
-        config = super().config()
-        for job in config["scrape_configs"]:
-            job.update(self.job_settings.get(job["job_name"], {}))
-        return config
-
-
 @pytest.mark.prometheus
 def test_prometheus_scrapes_over_tls_with_basic_auth(
     endpoint: tuple[MetricsServer, Path], ca: CertAuthority, tmp_path: Path
@@ -205,7 +177,7 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(
             "basic_auth": {"username": "prometheus", "password_file": str(tmp_path / "bad")},
         },
     }
-    with ScrapingPrometheus(jobs, [], tmp_path, job_settings=settings) as prom:
+    with PrometheusServer(jobs, [], tmp_path, job_settings=settings) as prom:
         prom.wait_for_data(
             'streamrnn_events_total{job="streamrnn",outcome="processed"} == 3', timeout=30
         )

@@ -18,6 +18,12 @@ Ctrl+C, SIGTERM or ``--seconds`` stop the generator, then the detector (graceful
 commit, checkpoint), then the broker, and print a summary: events, alerts, dead letters, and how
 many injected anomalies got an alert (recall) and how many alerts belong to an injected anomaly
 (precision).
+
+With ``--bootstrap-servers`` the tour runs against that Kafka cluster instead of an embedded
+broker, with the Kafka security flags (or ``STREAMRNN_SERVICE__KAFKA__*``, or ``--config`` with
+a service config) for every client: a quick check that streamrnn reaches a secured cluster. Its
+topics and group are then named for the run (``streamrnn-demo-<id>.readings``, ...) and the
+topics deleted at the end; the principal needs the rights to create and delete them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..tools.demo import BACKFILL_STEPS, BLOCK_STEPS, Demo
+from . import kafka_flags
 
 __all__ = ["EPILOG", "add_arguments", "run"]
 
@@ -48,6 +55,7 @@ examples:
   streamrnn demo                          # until Ctrl+C; metrics on http://127.0.0.1:9108/metrics
   streamrnn demo --seconds 60 --keys 40 --rate 1000
   streamrnn demo --metrics-port 0 --model models/demand --device cuda
+  streamrnn demo --bootstrap-servers kafka:9093 --security-protocol SSL --ssl-cafile ca.crt
 
 An alert counts for an injected anomaly when it falls inside the anomaly's window or up to
 --match-events readings after it; an anomaly is evaluated once the detector has scored its key
@@ -131,6 +139,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verbose", action="store_true", help="keep the broker's, detector's and Kafka's logs"
     )
+    parser.add_argument(
+        "--bootstrap-servers",
+        help="run against this Kafka cluster (comma-separated host:port) instead of an embedded "
+        "broker; topics and group are named for the run and the topics deleted at the end",
+    )
+    parser.add_argument(
+        "--config",
+        help="with --bootstrap-servers: a service config file whose service.kafka (TLS, SASL) "
+        "applies",
+    )
+    kafka_flags.add_arguments(parser)
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -146,6 +165,12 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--backfill: must be in [0, {BLOCK_STEPS // 2}], got {args.backfill}"
     if args.match_events < 0:
         return f"--match-events: must be >= 0, got {args.match_events}"
+    external = kafka_flags.given(args) + (["--config"] if args.config else [])
+    if args.bootstrap_servers is None and external:
+        return (
+            f"{external[0]}: needs --bootstrap-servers (the embedded broker speaks PLAINTEXT "
+            f"only), got {external[0]} without it"
+        )
     if args.metrics_port and not _port_free("127.0.0.1", args.metrics_port):
         return (
             f"--metrics-port: port {args.metrics_port} on 127.0.0.1 is in use "
@@ -160,8 +185,16 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    connection = None
+    if args.bootstrap_servers is not None:
+        try:
+            servers, kafka = kafka_flags.connection(args.config, args.bootstrap_servers, args)
+            connection = kafka_flags.preflight(servers, kafka)
+        except ValueError as e:  # ConfigError, ConnectionSetupError: the key, the cause
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     restore_logs = _quiet_logs(args.verbose)
     try:
-        return Demo(args, sys.stdout).run()
+        return Demo(args, sys.stdout, connection).run()
     finally:
         restore_logs()

@@ -20,6 +20,12 @@ Sources:
 The send rate is held by a token bucket (``--rate`` messages per second, 0 for as fast as the
 producer goes); progress is logged every few seconds and a summary printed at the end (also on
 Ctrl+C or SIGTERM, which stop the run after flushing what was sent).
+
+A secured cluster: the Kafka security flags (``--security-protocol``, ``--ssl-cafile``,
+``--sasl-mechanism``, ...), the ``STREAMRNN_SERVICE__KAFKA__*`` variables, or ``--config`` with
+the service's own config file (its ``service.bootstrap_servers`` and ``service.kafka``), in that
+order of precedence. A cluster that refuses them stops with exit status 2 and a line naming the
+setting, as ``streamrnn run`` does.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..service.clients import Connection
 from ..tools import synth
 from ..tools.produce import (
     DEFAULT_INTERVAL_S,
@@ -54,6 +61,7 @@ from ..tools.stream import (
     synthetic_series,
     write_labels,
 )
+from . import kafka_flags
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +74,10 @@ examples:
       --anomalies spike,level_shift --seed 3 --labels labels.json --partitions 4
   streamrnn produce --topic readings --csv history/ --rate 1000 --start 2025-01-01T00:00:00Z
   streamrnn produce --topic readings --csv long.csv --key-column meter --loop
+  streamrnn produce --config service.yaml --topic readings --synthetic sensor --keys 20
+  streamrnn produce --bootstrap-servers kafka:9093 --security-protocol SASL_SSL \\
+      --ssl-cafile ca.crt --sasl-mechanism SCRAM-SHA-512 --sasl-username loader \\
+      --sasl-password-file /run/secrets/kafka-password --topic readings --synthetic energy
 
 Messages: {"key": KEY, "ts": "2024-01-01T00:05:00Z", "value": 12.5} keyed by KEY.
 """
@@ -75,8 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``streamrnn produce``."""
     parser.add_argument(
         "--bootstrap-servers",
-        default="localhost:9092",
-        help="comma-separated host:port list (default: %(default)s)",
+        default=None,
+        help="comma-separated host:port list (default: service.bootstrap_servers of --config, "
+        "else localhost:9092)",
+    )
+    parser.add_argument(
+        "--config",
+        help="a service config file: its service.bootstrap_servers and service.kafka (TLS, "
+        "SASL) apply",
     )
     parser.add_argument("--topic", default="readings", help="topic to write (default: %(default)s)")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -111,6 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--loop", action="store_true", help="start over when the data ends, until stopped"
     )
+    kafka_flags.add_arguments(parser)
 
 
 def _csv_arguments(parser: argparse.ArgumentParser) -> None:
@@ -229,12 +248,14 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kafka").setLevel(logging.WARNING)
     try:
         _check_args(args)
+        servers, kafka = kafka_flags.connection(args.config, args.bootstrap_servers, args)
         messages, stream, what = _source(args)
-    except ValueError as e:
+        conn = kafka_flags.preflight(servers, kafka)
+    except ValueError as e:  # ConfigError is one: a key, a rule, a value
         print(f"error: {e}", file=sys.stderr)
         return 2
     stats = ProduceStats()
-    failed = _send(args, messages, what, stats)
+    failed = _send(args, conn, messages, what, stats)
     if failed is not None:
         return failed
     print(_summary(args, stats, stream), flush=True)
@@ -268,7 +289,11 @@ def _source(args: argparse.Namespace) -> tuple[Iterable[Message], SyntheticStrea
 
 
 def _send(
-    args: argparse.Namespace, messages: Iterable[Message], what: str, stats: ProduceStats
+    args: argparse.Namespace,
+    conn: Connection,
+    messages: Iterable[Message],
+    what: str,
+    stats: ProduceStats,
 ) -> int | None:
     """Produce until the messages end or a signal; an exit status when Kafka failed."""
     from kafka.errors import KafkaError
@@ -281,18 +306,23 @@ def _send(
             from ..tools.broker import BrokerError, create_topics
 
             try:
-                create_topics(args.bootstrap_servers, {args.topic: args.partitions})
+                create_topics(conn, {args.topic: args.partitions})
             except BrokerError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 1
-        producer = make_producer(args.bootstrap_servers)
+        producer = make_producer(conn)
         rate_text = f"{args.rate:g}/s" if args.rate else "as fast as possible"
         logger.info(
-            "producing to %s on %s at %s; %s", args.topic, args.bootstrap_servers, rate_text, what
+            "producing to %s on %s (%s) at %s; %s",
+            args.topic,
+            ",".join(conn.servers),
+            conn.kafka.security_protocol,
+            rate_text,
+            what,
         )
         produce_events(producer, args.topic, messages, args.rate, stop, stats=stats)
     except KafkaError as e:
-        print(f"error: Kafka at {args.bootstrap_servers}: {e!r}", file=sys.stderr)
+        print(f"error: Kafka at {','.join(conn.servers)}: {e!r}", file=sys.stderr)
         return 1
     finally:
         restore()

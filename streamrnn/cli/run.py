@@ -1,18 +1,23 @@
 """Run the Kafka detector daemon: consume events, score them, publish alerts, export metrics.
 
-Flags override the config file's keys (``--group`` is ``service.group``, and so on). The daemon
-stops cleanly on SIGTERM or Ctrl+C (a second Ctrl+C forces), and reloads its model on SIGHUP or
-when the model directory changes. A bad configuration stops start-up with ``error: <key>: <rule>,
-got <value>`` and exit status 2.
+Flags override the config file's keys (``--group`` is ``service.group``, and so on), and
+environment variables sit between the two (``STREAMRNN_SERVICE__GROUP``; the rule is in
+``config/default.yaml``). The daemon stops cleanly on SIGTERM or Ctrl+C (a second Ctrl+C forces),
+and reloads its model on SIGHUP or when the model directory changes. A bad configuration stops
+start-up with ``error: <key>: <rule>, got <value>`` and exit status 2, and so does a cluster that
+refuses the connection's security settings (a wrong password, an unknown CA, a host name the
+broker's certificate does not hold).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..config import ConfigError, load_config
+from . import kafka_flags
 
 EPILOG = """\
 examples:
@@ -23,8 +28,13 @@ examples:
   streamrnn run --config service.yaml --alertmanager-url http://alertmanager:9093
   streamrnn run --config service.yaml --webhook-url https://hooks.example/streamrnn \\
       --webhook-secret-file /run/secrets/webhook.key
+  STREAMRNN_SERVICE__KAFKA__SASL_PASSWORD__FILE=/run/secrets/kafka-password \\
+    streamrnn run --config service.yaml --bootstrap-servers kafka:9093 \\
+      --security-protocol SASL_SSL --ssl-cafile ca.crt --sasl-mechanism SCRAM-SHA-512 \\
+      --sasl-username streamrnn
 
-endpoints: /metrics (Prometheus), /healthz (liveness), /readyz (readiness)
+endpoints: /metrics (Prometheus), /healthz (liveness), /readyz (readiness); with
+--metrics-web-config, TLS and basic auth as Prometheus's web config says (docs/security.md)
 alerts: the alerts topic is the record; Alertmanager and webhooks are paged off the hot path
 (docs/alerts.md)
 """
@@ -62,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="port of /metrics, /healthz and /readyz; 0 picks a free one (service.metrics_port)",
     )
+    parser.add_argument(
+        "--metrics-web-config",
+        metavar="FILE",
+        help="Prometheus web-config file: TLS and basic auth of the endpoint "
+        "(service.metrics_web_config)",
+    )
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (state.device)")
     parser.add_argument(
         "--one-process",
@@ -87,6 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sign webhook bodies with HMAC-SHA256 under this file's key "
         "(alerts.sinks.webhook.secret_file)",
     )
+    kafka_flags.add_arguments(parser)
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, object]:
@@ -105,11 +122,13 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
         "service.scores_topic": args.scores_topic,
         "service.state_dir": args.state_dir,
         "service.metrics_port": args.metrics_port,
+        "service.metrics_web_config": getattr(args, "metrics_web_config", None),
         "state.device": args.device,
         "service.engine_process": getattr(args, "engine_process", None),
         "alerts.sinks.alertmanager.urls": args.alertmanager_url,
         "alerts.sinks.webhook.urls": args.webhook_url,
         "alerts.sinks.webhook.secret_file": args.webhook_secret_file,
+        **kafka_flags.overrides(args),
     }
 
 
@@ -118,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines drown ours
     try:
-        config = load_config(args.config, overrides=overrides_from(args))
+        config = load_config(args.config, overrides=overrides_from(args), environ=os.environ)
         from ..service.app import Detector  # imports torch: after the cheap checks
 
         return Detector(config).run()

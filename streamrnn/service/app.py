@@ -32,6 +32,14 @@ checkpoint, leave the group, exit 0 within ``shutdown_timeout_s``; a second Ctrl
 KeyboardInterrupt). SIGHUP, or a changed ``model.json``, reloads the model (:mod:`.reload`).
 Kafka errors are logged, counted (``streamrnn_broker_errors_total``) and retried with exponential
 backoff up to ``retry_backoff_max_s``. ``/healthz`` and ``/readyz``: :mod:`.health`.
+
+Security: every client connects as ``service.kafka`` says (TLS, SASL; :class:`~.clients.Connection`,
+built in the constructor, so an unreadable certificate or secret stops start-up). Each connection
+attempt first makes one connection itself (:mod:`.preflight`): a cluster that refuses the
+configuration (a wrong password, an unknown CA, a host name the certificate does not hold, TLS to a
+plaintext port) raises :class:`~.preflight.ConnectionSetupError` naming the setting, which is
+never retried; a broker that does not answer is retried as above. ``service.metrics_web_config``
+guards the HTTP endpoint (:mod:`.webconfig`).
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ from .health import Health, Readiness
 from .http import MetricsServer, start_http
 from .metrics import Metrics
 from .partitions import TP, PartitionTable, Rebalancer, fmt_tps, listener
+from .preflight import BrokerUnreachable
 from .publish import Publisher
 from .records import install as install_record_reader
 from .reload import ModelWatcher
@@ -128,6 +137,8 @@ class Detector:
         )
         self.settings = EngineSettings.of(config, self.device)
         self.svc = svc
+        # The TLS context and the secrets, read once: a bad file stops start-up naming its key.
+        self.connection = clients.Connection.of(svc.bootstrap_servers, svc.kafka)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry, topics=svc.topics)
         m = self.model_info.config.model
@@ -155,6 +166,7 @@ class Detector:
         self._producer: Any = None
         self._http: MetricsServer | None = None
         self._ran = False
+        self._checked = False  # the first connection attempt's preflight is done
         self._crashed = False  # no checkpoint may be written any more (state may be mid-batch)
         self._assigned: set[TP] = set()  # the assignment the sinks last heard of
 
@@ -191,6 +203,7 @@ class Detector:
         restore_signals = on_stop_signals(self._on_stop_signal, SIGHUP=self._on_hup)
         try:
             self._http = self._serve_http()
+            self._checked = self._preflight()
             self.sinks.start()
             engine = self._start_engine()
             if engine is None:
@@ -239,12 +252,22 @@ class Detector:
                 self.svc.metrics_port,
                 self.health.liveness,
                 self._ready,
+                web_config=self.svc.metrics_web_config,
             )
         except OSError as e:
             raise ConfigError(
                 f"service.metrics_port: must be free to listen on {self.svc.metrics_host} "
                 f"({e.strerror or e}), got {self.svc.metrics_port}"
             ) from None
+
+    def _preflight(self) -> bool:
+        """One preflight before the model loads, so that a refused configuration stops start-up
+        at once (ConnectionSetupError); False when no broker answered (``_connect`` retries)."""
+        try:
+            self.connection.check(timeout_s=clients.BOOTSTRAP_TIMEOUT_MS / 1000)
+        except BrokerUnreachable:
+            return False
+        return True
 
     def _start_engine(self) -> EngineClient | None:
         """The engine side; None (logged) when it cannot start. A model directory that cannot be
@@ -300,20 +323,24 @@ class Detector:
     # Connecting
 
     def _connect(self, engine: EngineClient) -> bool:
-        """Producer, topics, consumer and subscription, retried while the broker is away.
+        """Preflight, producer, topics, consumer and subscription, retried while the broker is away.
 
-        Returns False when :meth:`stop` was called first."""
+        Returns False when :meth:`stop` was called first. A cluster that refuses the security
+        configuration raises :class:`~.preflight.ConnectionSetupError` (not retried)."""
         from kafka.errors import KafkaError
 
-        svc = self.svc
+        svc, conn = self.svc, self.connection
         backoff = clients.Backoff(svc.retry_backoff_max_s)
         while not self._stop.is_set():
             self.health.tick()
             try:
-                self._producer = clients.producer(svc)
-                clients.ensure_output_topics(svc)
+                if not self._checked:
+                    conn.check(timeout_s=clients.BOOTSTRAP_TIMEOUT_MS / 1000)
+                self._checked = False  # a retry checks again
+                self._producer = clients.producer(svc, conn)
+                clients.ensure_output_topics(svc, conn)
                 self.store = self._checkpoint_store()
-                self._consumer = clients.group_consumer(svc)
+                self._consumer = clients.group_consumer(svc, conn)
                 if svc.fast_record_reader:
                     install_record_reader(self._consumer)
                 self._wire(engine)
@@ -324,13 +351,14 @@ class Detector:
                 else:
                     self._consumer.subscribe(pattern=svc.topic_pattern, listener=subscription)
                 log.info(
-                    "connected to %s; consuming %s as group %s",
+                    "connected to %s (%s); consuming %s as group %s",
                     ",".join(svc.bootstrap_servers),
+                    svc.kafka.security_protocol,
                     list(svc.topics) or f"/{svc.topic_pattern}/",
                     svc.group,
                 )
                 return True
-            except (KafkaError, CheckpointError, OSError) as e:  # broker away: retried
+            except (KafkaError, CheckpointError, OSError, BrokerUnreachable) as e:  # away: retried
                 self.metrics.broker_errors.inc()
                 self._close_clients(timeout_s=1.0)
                 delay = backoff.next()
@@ -349,7 +377,7 @@ class Detector:
         if not svc.state_topic:
             return CheckpointStore(self.local)
         kafka_store = KafkaCheckpoints(
-            svc.bootstrap_servers,
+            self.connection,
             svc.state_topic,
             svc.group,
             self._producer,

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from .checkpoint import Checkpoint, CheckpointError, decode
-from .clients import admin_client, create_topics, reader
+from .clients import Connection, admin_client, as_connection, create_topics, reader
 
 __all__ = ["CHUNK_BYTES", "KafkaCheckpoints"]
 
@@ -38,12 +38,13 @@ class KafkaCheckpoints:
     """Checkpoints in a compacted topic, chunked, one manifest per partition (module docstring).
 
     ``producer`` is the service's KafkaProducer (acks=all); reading uses a short-lived consumer
-    without a group.
+    without a group, and topic creation an admin client, both on ``connection`` (the service's
+    :class:`~.clients.Connection`, or bootstrap servers for a PLAINTEXT one).
     """
 
     def __init__(
         self,
-        bootstrap_servers: Sequence[str],
+        connection: Connection | Sequence[str],
         topic: str,
         group: str,
         producer: Any,
@@ -51,7 +52,7 @@ class KafkaCheckpoints:
         timeout_s: float = 30.0,
         client_id: str = "streamrnn-state",
     ) -> None:
-        self.bootstrap_servers = list(bootstrap_servers)
+        self.connection = as_connection(connection)
         self.topic = topic
         self.group = group
         self.producer = producer
@@ -68,7 +69,7 @@ class KafkaCheckpoints:
     def ensure_topic(self) -> None:
         """Create the topic (compacted, one partition) when it does not exist."""
         admin = admin_client(
-            self.bootstrap_servers, self.client_id, request_timeout_ms=int(self.timeout_s * 1000)
+            self.connection, self.client_id, request_timeout_ms=int(self.timeout_s * 1000)
         )
         try:
             if self.topic in set(admin.list_topics()):
@@ -157,7 +158,7 @@ class KafkaCheckpoints:
         bases = {self.base_key(t, p): (t, p) for t, p in wanted}
         if not bases:
             return {}
-        consumer = reader(self.bootstrap_servers, self.client_id, timeout_s=self.timeout_s)
+        consumer = reader(self.connection, self.client_id, timeout_s=self.timeout_s)
         latest: dict[str, tuple[bytes, str, int]] = {}  # base -> (framed, id, chunks)
         pending: dict[str, dict[str, dict[int, bytes]]] = {b: {} for b in bases}
         try:

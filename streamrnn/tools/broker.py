@@ -43,7 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..service.clients import admin_client
+from ..service.clients import Connection, admin_client
 from ..service.clients import create_topics as create_kafka_topics
 
 __all__ = [
@@ -135,7 +135,7 @@ def _tcp_open(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-def _admin_client(bootstrap: str, timeout: float) -> Any:
+def _admin_client(bootstrap: str | Connection, timeout: float) -> Any:
     ms = max(int(timeout * 1000), 100)
     return admin_client(
         bootstrap,
@@ -384,7 +384,7 @@ class _ExitedEarly(BrokerError):
 
 
 def create_topics(
-    bootstrap: str,
+    bootstrap: str | Connection,
     topics: Mapping[str, int],
     timeout: float = 10.0,
     *,
@@ -395,7 +395,8 @@ def create_topics(
     Idempotent: a topic that already exists is left as it is (a warning is logged when its
     partition count differs). Returns ``{name: partitions}`` as the broker reports them. Raises
     :class:`BrokerError` on any other creation error, or when metadata is incomplete after
-    ``timeout`` seconds.
+    ``timeout`` seconds. ``bootstrap`` is an address list, or a
+    :class:`~streamrnn.service.clients.Connection` to a secured cluster.
     """
     for name, n in topics.items():
         if not name or n < 1:

@@ -18,12 +18,15 @@ from typing import Any, TextIO
 
 import orjson
 
+from ..service.clients import Connection, as_connection, reader
 from ..times import parse_iso
 from .stream import InjectedAnomaly, SyntheticStream
 
 __all__ = ["Console", "Evaluation", "Scoreboard", "score_alerts"]
 
 logger = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 30.0  # the console's fetches (kafka-python's default is 305 s)
 
 
 @dataclass
@@ -138,7 +141,7 @@ class Console(threading.Thread):
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: str | Connection,
         topics: dict[str, int],
         stream: SyntheticStream,
         board: Scoreboard,
@@ -148,7 +151,7 @@ class Console(threading.Thread):
         slack: int = 20,
     ) -> None:
         super().__init__(name="demo-console", daemon=True)
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
         self.stream = stream
         self.alerts_topic = alerts_topic
@@ -156,11 +159,8 @@ class Console(threading.Thread):
         self.board = board
         self.out = out
         self._stop_after_drain = threading.Event()
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id="streamrnn-demo-console",
-            enable_auto_commit=False,
-            fetch_max_wait_ms=100,
+        self.consumer = reader(
+            as_connection(bootstrap), "streamrnn-demo-console", timeout_s=REQUEST_TIMEOUT_S
         )
         tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
         self.consumer.assign(tps)

@@ -4,12 +4,18 @@
 shipped model, a console view (:mod:`.console`) and a generator of synthetic readings
 (:mod:`.stream`) with injected anomalies and a few malformed messages; it stops them in reverse
 order and prints a summary with the alerts' recall and precision against the injected anomalies.
+
+Given a :class:`~streamrnn.service.clients.Connection` (``streamrnn demo --bootstrap-servers``),
+it runs against that cluster instead, with its TLS and SASL settings for every client: the topics
+and the group are then named for the run (``streamrnn-demo-<id>.readings``, ...), so nothing of
+an earlier run or of anyone else mixes in, and the topics are deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import logging
 import shutil
@@ -17,10 +23,12 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..service.clients import Connection
 from . import synth
 from .console import Console, Scoreboard, score_alerts
 from .produce import (
@@ -58,7 +66,9 @@ def _sample(registry: Any, name: str, labels: dict[str, str] | None = None) -> f
 class Demo:
     """One run of the demo; :meth:`run` owns every resource and releases it in reverse order."""
 
-    def __init__(self, args: argparse.Namespace, out: TextIO) -> None:
+    def __init__(
+        self, args: argparse.Namespace, out: TextIO, connection: Connection | None = None
+    ) -> None:
         self.args = args
         self.out = out
         self.stop = threading.Event()
@@ -70,7 +80,11 @@ class Demo:
         # The resources of a run, released by _stop_all in reverse order of their start.
         from .broker import EmbeddedBroker
 
-        self.broker = EmbeddedBroker("127.0.0.1", 0)
+        self.connection = connection
+        self.broker = EmbeddedBroker("127.0.0.1", 0) if connection is None else None
+        prefix = "" if connection is None else f"streamrnn-demo-{uuid.uuid4().hex[:8]}."
+        self.topic = {name: prefix + name for name in DEMO_TOPICS}  # demo name -> topic
+        self.group = GROUP if connection is None else prefix + "detector"
         self.state_dir = Path(tempfile.mkdtemp(prefix="streamrnn-demo-state-"))
         self.detector: Any = None
         self.det_thread: threading.Thread | None = None
@@ -110,18 +124,23 @@ class Demo:
 
         args = self.args
         try:
-            self.broker.start()
-            topics = create_topics(self.broker.bootstrap_servers, DEMO_TOPICS)
+            if self.broker is not None:
+                self.broker.start()
+            conn = self.connection or Connection.of(self.broker_address)
+            wanted = {self.topic[name]: n for name, n in DEMO_TOPICS.items()}
+            made = create_topics(conn, wanted)
+            topics = {name: made[self.topic[name]] for name in DEMO_TOPICS}
         except BrokerError as e:
-            print(f"error: the embedded broker: {e}", file=sys.stderr)
+            where = "the embedded broker" if self.broker is not None else "the Kafka cluster"
+            print(f"error: {where}: {e}", file=sys.stderr)
             return 1
-        bootstrap = self.broker.bootstrap_servers
+        where = "embedded Kafka broker" if self.broker is not None else "Kafka cluster"
         self.say(
-            f"streamrnn demo: embedded Kafka broker on {bootstrap} "
-            f"({time.monotonic() - t0:.1f} s); topics "
-            + ", ".join(f"{t} ({n})" for t, n in topics.items())
+            f"streamrnn demo: {where} on {','.join(conn.servers)} "
+            f"({conn.kafka.security_protocol}, {time.monotonic() - t0:.1f} s); topics "
+            + ", ".join(f"{self.topic[t]} ({n})" for t, n in topics.items())
         )
-        self.detector = detector = self._detector(bootstrap, self.state_dir)
+        self.detector = detector = self._detector(conn, self.state_dir)
         if detector is None:
             return 2
         self.stream = stream = self._stream()
@@ -136,18 +155,18 @@ class Demo:
             target=self._run_detector, args=(detector,), name="demo-detector", daemon=True
         )
         self.det_thread.start()
-        shown = {ALERTS: topics[ALERTS], SCORES: topics[SCORES]}
+        shown = {self.topic[ALERTS]: topics[ALERTS], self.topic[SCORES]: topics[SCORES]}
         self.console = Console(
-            bootstrap,
+            conn,
             shown,
             stream,
             self.board,
             self.out,
-            alerts_topic=ALERTS,
+            alerts_topic=self.topic[ALERTS],
             slack=args.match_events,
         )
         self.console.start()
-        self.producer = make_producer(bootstrap)
+        self.producer = make_producer(conn)
         self.gen = threading.Thread(
             target=self._generate, args=(self.producer, stream), name="demo-generator", daemon=True
         )
@@ -176,12 +195,35 @@ class Demo:
         if self.console is not None:
             self.console.finish()
         self._restore_signals()
-        self.broker.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        elif self.connection is not None:
+            self._delete_topics(self.connection)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    @property
+    def broker_address(self) -> str:
+        assert self.broker is not None
+        return self.broker.bootstrap_servers
+
+    def _delete_topics(self, conn: Connection) -> None:
+        """The run's topics on an external cluster; a refusal (no ACL to delete) is logged."""
+        from ..service.clients import admin_client
+
+        names = list(self.topic.values())
+        try:
+            admin = admin_client(conn, "streamrnn-demo-admin", request_timeout_ms=10_000)
+            try:
+                admin.delete_topics(names, timeout_ms=10_000)
+            finally:
+                admin.close()
+            self.say(f"deleted the demo's topics: {', '.join(names)}")
+        except Exception as e:  # cleanup is best effort; say what is left behind
+            self.say(f"could not delete the demo's topics ({e!r}); left: {', '.join(names)}")
 
     # -- parts -----------------------------------------------------------------------------------
 
-    def _detector(self, bootstrap: str, state_dir: Path) -> Any:
+    def _detector(self, conn: Connection, state_dir: Path) -> Any:
         """The detector, constructed in this thread (model load, config checks); None on error."""
         from prometheus_client import CollectorRegistry
 
@@ -192,13 +234,13 @@ class Demo:
         args = self.args
         model = args.model if args.model is not None else demo_model.path()
         overrides: dict[str, Any] = {
-            "service.bootstrap_servers": [bootstrap],
-            "service.topics": [READINGS],
-            "service.group": GROUP,
+            "service.bootstrap_servers": list(conn.servers),
+            "service.topics": [self.topic[READINGS]],
+            "service.group": self.group,
             "service.model": str(model),
-            "service.alerts_topic": ALERTS,
-            "service.dlq_topic": DLQ,
-            "service.scores_topic": SCORES,
+            "service.alerts_topic": self.topic[ALERTS],
+            "service.dlq_topic": self.topic[DLQ],
+            "service.scores_topic": self.topic[SCORES],
             "service.state_dir": str(state_dir),
             "service.metrics_host": "127.0.0.1",
             "service.metrics_port": args.metrics_port,
@@ -217,6 +259,9 @@ class Demo:
             overrides["scoring.warmup"] = args.backfill
         try:
             config = load_config(None, overrides=overrides)
+            # The cluster's TLS and SASL, as resolved from the flags, environment and --config.
+            service = dataclasses.replace(config.service, kafka=conn.kafka)
+            config = dataclasses.replace(config, service=service)
             detector = Detector(config, registry=CollectorRegistry())
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -266,7 +311,7 @@ class Demo:
             ):
                 produce_events(
                     producer,
-                    READINGS,
+                    self.topic[READINGS],
                     part,
                     rate,
                     self.gen_stop,
@@ -310,7 +355,7 @@ class Demo:
             if not ready_said and _sample(reg, "streamrnn_ready") >= 1:
                 ready_said = True
                 self.say(
-                    f"detector ready: consuming {READINGS} as group {GROUP} "
+                    f"detector ready: consuming {self.topic[READINGS]} as group {self.group} "
                     f"({now - t0:.1f} s after start)"
                 )
             if now >= next_status:
@@ -319,7 +364,7 @@ class Demo:
                     f"[status {now - t0:5.0f} s] produced {self.gen_stats.sent}, processed "
                     f"{processed:.0f} ({(processed - last_processed) / (now - last_at):.0f}/s), "
                     f"rejected {_sample(reg, 'streamrnn_events_total', {'outcome': 'rejected'}):.0f}, "
-                    f"anomalies {_sample(reg, 'streamrnn_anomalies_total', {'topic': READINGS}):.0f}, "
+                    f"anomalies {_sample(reg, 'streamrnn_anomalies_total', {'topic': self.topic[READINGS]}):.0f}, "
                     f"active keys {_sample(reg, 'streamrnn_active_keys'):.0f}, checkpoint age "
                     f"{_sample(reg, 'streamrnn_checkpoint_age_seconds'):.0f} s, "
                     f"injected so far {len(stream.injected())}; {url}/metrics"

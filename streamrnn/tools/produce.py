@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..service.clients import Connection, as_connection
 from ..signals import on_stop_signals
 from ..times import iso_utc
 
@@ -292,22 +293,20 @@ def install_stop_signals(
     return on_stop_signals(on_stop)
 
 
-def make_producer(bootstrap_servers: str | Sequence[str], **overrides: Any) -> Any:
-    """A KafkaProducer for readings: acks from the leader (not idempotent), a short linger."""
+def make_producer(bootstrap_servers: str | Sequence[str] | Connection, **overrides: Any) -> Any:
+    """A KafkaProducer for readings: acks from the leader (not idempotent), a short linger.
+
+    ``bootstrap_servers`` is an address list, or a
+    :class:`~streamrnn.service.clients.Connection` (TLS, SASL and the producer's pass-through
+    options of ``service.kafka``)."""
     from kafka import KafkaProducer
 
-    servers = (
-        [s.strip() for s in bootstrap_servers.split(",") if s.strip()]
-        if isinstance(bootstrap_servers, str)
-        else list(bootstrap_servers)
-    )
     options: dict[str, Any] = {
-        "bootstrap_servers": servers,
         "client_id": "streamrnn-produce",
         "acks": 1,
         "enable_idempotence": False,
         "linger_ms": 10,
         "max_block_ms": 30_000,
+        **overrides,
     }
-    options.update(overrides)
-    return KafkaProducer(**options)
+    return KafkaProducer(**as_connection(bootstrap_servers).options("producer", **options))
