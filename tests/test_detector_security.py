@@ -51,7 +51,6 @@ from streamrnn.tools.broker import create_topics
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 PASSWORD = "det-Sasl-Pa55w0rd-7f3e"  # distinctive, so that a leak is found by a plain search
-OTHER_PASSWORD = "env-Sasl-Pa55w0rd-c41d"
 SCRAPE_PASSWORD = "scrape-Pa55-91c2"
 USER = "detector"
 
@@ -246,31 +245,6 @@ def processed(port: int, ca: Path) -> float:
     return float(m.group(1)) if status == 200 and m else 0.0
 
 
-def test_check_config_masks_the_password_and_names_its_source(
-    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    raw = {"service": {"kafka": sasl_keys(pki)}}  # the password inline: the worst case
-    config = write_config(tmp_path / "service.yaml", raw)
-    monkeypatch.delenv("STREAMRNN_SERVICE__KAFKA__SASL_PASSWORD", raising=False)
-    assert main(["check-config", str(config)]) == 0
-    out = capsys.readouterr().out
-    assert "    sasl_password: '***'  # file\n" in out
-    assert "    sasl_username: detector  # file\n" in out
-    monkeypatch.setenv("STREAMRNN_SERVICE__KAFKA__SASL_PASSWORD", OTHER_PASSWORD)
-    assert main(["check-config", str(config)]) == 0
-    out += capsys.readouterr().out
-    assert "    sasl_password: '***'  # env STREAMRNN_SERVICE__KAFKA__SASL_PASSWORD\n" in out
-    monkeypatch.setenv("STREAMRNN_SERVICE__KAFKA__SASL_PASSWORD__FILE", "/run/secrets/pw")
-    monkeypatch.delenv("STREAMRNN_SERVICE__KAFKA__SASL_PASSWORD")
-    assert main(["check-config", str(config)]) == 0
-    out += capsys.readouterr().out
-    assert (
-        "    sasl_password: {file: /run/secrets/pw}  # env "
-        "STREAMRNN_SERVICE__KAFKA__SASL_PASSWORD__FILE\n" in out
-    )
-    assert PASSWORD not in out and OTHER_PASSWORD not in out
-
-
 def no_secret_in_checkpoints(state_dir: Path, state_records: list[Any]) -> int:
     """Search every local checkpoint (raw, header and the decoded snapshot) and every record of
     the state topic for the password; returns how many checkpoints were searched."""
@@ -412,11 +386,3 @@ def test_demo_against_a_tls_cluster(
         finally:
             admin.close()
     assert len(gate.client_certs) >= 4 and gate.connections >= 4
-
-
-def test_demo_security_flags_need_an_external_broker(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--security-protocol", "SSL"]) == 2
-    assert capsys.readouterr().err == (
-        "error: --security-protocol: needs --bootstrap-servers (the embedded broker speaks "
-        "PLAINTEXT only), got --security-protocol without it\n"
-    )
