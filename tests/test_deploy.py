@@ -332,8 +332,10 @@ def test_k8s_probes(k8s: dict[str, Any]):
     c = container(k8s["Deployment"])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports["metrics"] == 9108
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # HTTPS: the endpoint has a web config (configmap.yaml); the probes' paths stay open.
+    https = {"port": "metrics", "scheme": "HTTPS"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", **https}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", **https}
     if "startupProbe" in c:
         assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
 
