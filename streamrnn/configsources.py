@@ -126,7 +126,8 @@ def _env_value(tp: Any, below: list[str], text: str, var: str, key: str) -> Any:
     if inner is Secret and below in ([], ["env"], ["file"]):
         return text if not below else {below[0]: text}  # the secret's text is never YAML-read
     if typing.get_origin(inner) is dict and len(below) == 1:
-        return {below[0]: _yaml_text(text)}  # one option, merged into the map
+        # one entry, merged into the map: a label's text as it is, an option as YAML reads it
+        return {below[0]: text if typing.get_args(inner)[1:] == (str,) else _yaml_text(text)}
     if below:
         raise ConfigError(f"{var}: {key} has no key {'.'.join(below)} below it")
     if text == "" and inner is not tp:

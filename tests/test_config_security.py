@@ -249,6 +249,7 @@ def test_env_text_is_read_as_the_key_type(tmp_path: Path) -> None:
         "STREAMRNN_SERVICE__KAFKA__SASL_USERNAME": "007",
         "STREAMRNN_SERVICE__KAFKA__SASL_PASSWORD__FILE": str(pw),
         "STREAMRNN_SERVICE__KAFKA__CONSUMER_OPTIONS__FETCH_MIN_BYTES": "2048",
+        "STREAMRNN_ALERTS__LABELS__SITE": "0042",  # a map of strings: the text as it is
         "STREAMRNN_TANSU": "/usr/local/bin/tansu",  # not a config variable
     }
     f = tmp_path / "c.yaml"
@@ -265,6 +266,7 @@ def test_env_text_is_read_as_the_key_type(tmp_path: Path) -> None:
     assert svc.kafka.consumer_options == {"check_crcs": False, "fetch_min_bytes": 2048}
     assert r.source("service.kafka.consumer_options.fetch_min_bytes").startswith("env ")
     assert r.source("service.kafka.consumer_options.check_crcs") == "file"
+    assert r.config.alerts.labels == {"site": "0042"}
 
 
 def test_env_secret_is_taken_as_text() -> None:
@@ -280,7 +282,7 @@ def test_env_secret_is_taken_as_text() -> None:
         ({"STREAMRNN_SERVICE__METRICS_PORT": "70000"}, "service.metrics_port (environment variable STREAMRNN_SERVICE__METRICS_PORT): must be a port in [0, 65535], got 70000"),
         ({"STREAMRNN_SERVICE__METRICS_PORT": "http"}, "service.metrics_port (environment variable STREAMRNN_SERVICE__METRICS_PORT): must be an integer, got 'http'"),
         ({"STREAMRNN_SERVICE__KAFKA__SASL_USERNAM": "a"}, "STREAMRNN_SERVICE__KAFKA__SASL_USERNAM: names service.kafka.sasl_usernam, an unknown key (known in service.kafka: "),
-        ({"STREAMRNN_SERVCE__GROUP": "g"}, "STREAMRNN_SERVCE__GROUP: names servce, an unknown key (known in the config: features, input, model, scoring, service, state, training)"),
+        ({"STREAMRNN_SERVCE__GROUP": "g"}, "STREAMRNN_SERVCE__GROUP: names servce, an unknown key (known in the config: alerts, features, input, model, scoring, service, state, training)"),
         ({"STREAMRNN_SERVICE_GROUP": "g"}, "STREAMRNN_SERVICE_GROUP: a config variable puts two underscores between levels (STREAMRNN_SECTION__KEY), got STREAMRNN_SERVICE_GROUP"),
         ({"STREAMRNN_SERVICE__KAFKA": "x"}, "STREAMRNN_SERVICE__KAFKA: names the section service.kafka, not a key (add __KEY)"),
         ({"STREAMRNN_SERVICE__GROUP__NAME": "x"}, "STREAMRNN_SERVICE__GROUP__NAME: service.group has no key name below it"),

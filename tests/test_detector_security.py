@@ -330,6 +330,8 @@ def test_service_over_sasl_ssl_scraped_over_tls_and_no_secret_leaks(
     finally:
         state.close()
     assert no_secret_in_checkpoints(tmp_path / "state", records) >= 4
+    # streamrnn alerts list reads the alerts topic with the same service.kafka.
+    assert main(["alerts", "list", "--config", str(config), "--since", "4w", "--json"]) == 0
 
 
 def test_produce_with_a_wrong_password_stops_with_one_line(

@@ -57,15 +57,20 @@ def read_topic(
     from kafka.errors import KafkaError
 
     from ..service import clients
+    from ..service.preflight import BrokerUnreachable
 
     servers = ",".join(svc.bootstrap_servers)
+    # service.kafka's TLS and SASL; a refused configuration raises ConnectionSetupError (a
+    # ConfigError naming the setting) before kafka-python would retry it silently.
+    conn = clients.Connection.of(svc.bootstrap_servers, svc.kafka)
     try:
+        conn.check(timeout_s=min(timeout_s, 10.0))
         consumer = clients.reader(
-            svc.bootstrap_servers,
+            conn,
             f"streamrnn-{svc.group}-reader",
             timeout_s=min(timeout_s, 30.0) + 1,
         )
-    except KafkaError as e:
+    except (KafkaError, BrokerUnreachable) as e:
         raise TopicError(f"cannot reach Kafka at {servers}: {e}") from None
     try:
         parts = consumer.partitions_for_topic(topic)

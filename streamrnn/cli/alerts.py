@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -29,6 +30,7 @@ from ..alerting.listing import (
 from ..alerting.message import Alert
 from ..alerting.reader import TopicError, parse_when
 from ..config import ConfigError, load_config
+from . import kafka_flags
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ def add_kafka_arguments(parser: argparse.ArgumentParser, topic_help: str) -> Non
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="stop reading after this many seconds (60)"
     )
+    kafka_flags.add_arguments(parser)
 
 
 def servers_override(args: argparse.Namespace) -> list[str] | None:
@@ -111,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
             overrides={
                 "service.bootstrap_servers": servers_override(args),
                 "service.alerts_topic": args.topic,
+                **kafka_flags.overrides(args),
             },
+            environ=os.environ,
         )
         now = time.time()
         since = parse_when(args.since, now)
@@ -125,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     except TopicError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ConfigError as e:  # service.kafka: a file, a secret, or the cluster refused them
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     chosen = select(alerts, keys=args.key, since=since, until=until)
     summaries = summarize(chosen, now=now, active_s=config.alerts.resolve_timeout_s)
     if args.active:

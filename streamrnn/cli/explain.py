@@ -12,6 +12,7 @@ them. Exit status 0; 1 when the key has no events or the topic cannot be read; 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from ..alerting.explain import choose_window, format_window, plot_window, replay_trace, topic_trace
 from ..alerting.reader import TopicError, parse_when
 from ..config import ConfigError, load_config
+from . import kafka_flags
 from .alerts import add_kafka_arguments, servers_override
 
 EPILOG = """\
@@ -72,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
                 overrides={
                     "service.bootstrap_servers": servers_override(args),
                     "service.scores_topic": args.topic,
+                    **kafka_flags.overrides(args),
                 },
+                environ=os.environ,
             )
             since = parse_when(args.since, time.time())
             trace = topic_trace(
