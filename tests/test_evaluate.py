@@ -367,10 +367,91 @@ def test_load_result_utc_offset_and_errors(tmp_path: Path) -> None:
     bad.write_text("timestamp,value\n2020-01-01 00:00:00,1\n")
     with pytest.raises(ValueError, match="anomaly_score"):
         ev.load_result(bad)
-    unordered = tmp_path / "unordered.csv"
-    unordered.write_text("timestamp,anomaly_score\n2020-01-01 00:01:00,0\n2020-01-01 00:00:00,0\n")
-    with pytest.raises(ValueError, match="increasing"):
-        ev.load_result(unordered)
+
+
+# ------------------------------------------------------------- rows out of time order
+#
+# NAB's scorer walks a file's rows in file order: a window is entered at the row whose
+# timestamp equals its start and left after the row whose timestamp equals its end; a row's
+# weight depends on its row index, never on its own timestamp. Here row 44 carries ts(10)
+# (inside the window by row, in the probationary period by time) and row 60 carries ts(45)
+# (inside the window by time, after it by row).
+
+
+def _unordered_stamps() -> list[np.datetime64]:
+    stamps = [ts(i) for i in range(N)]
+    stamps[44], stamps[60] = ts(10), ts(45)
+    return stamps
+
+
+def test_out_of_order_rows_are_scored_by_row_position() -> None:
+    res = ev.ResultFile(timestamps=np.array(_unordered_stamps()), scores=np.zeros(N))
+    res.scores[44], res.scores[60] = 0.9, 1.0
+    assert list(res.out_of_order) == [44, 60]
+    s = ev.score_corpus({"cat/f.csv": res}, ONE_WINDOW)["standard"]
+    # Threshold 0.9 detects both. Row 44 is in the window (rows 40..49, width 10):
+    # y = -(49 - 44 + 1) / 10 = -0.6, weight sig(-0.6) / sig(-1) = tanh(1.5) / tanh(2.5).
+    # Row 60 is outside, 11 rows after the window's end row 49: y = 11 / (10 - 1),
+    # cost 0.11 * sig(11 / 9) = -0.11 * tanh(2.5 * 11 / 9). Threshold 1.0 (row 60 only) gives
+    # -1 - 0.11 * tanh(...), worse; threshold 0 adds 98 more false positives.
+    tp = math.tanh(1.5) / MAX_TP
+    fp = -0.11 * math.tanh(2.5 * 11 / 9)
+    assert s.threshold == 0.9
+    assert (s.tp, s.fp, s.fn) == (1, 1, 0)
+    assert s.raw == pytest.approx(tp + fp, abs=1e-12)
+    assert s.normalised == pytest.approx(100 * (tp + fp + 1) / 2, abs=1e-9)
+
+
+def test_eval_cli_scores_an_out_of_order_file_and_names_the_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    res_dir = tmp_path / "res" / "cat"
+    res_dir.mkdir(parents=True)
+    rows = ["timestamp,value,anomaly_score"]
+    for i, t in enumerate(_unordered_stamps()):
+        score = {44: 0.9, 60: 1.0}.get(i, 0.0)
+        rows.append(f"{str(t.astype('datetime64[s]')).replace('T', ' ')},1.0,{score}")
+    (res_dir / "f.csv").write_text("\n".join(rows) + "\n")
+    labels = tmp_path / "windows.json"
+    labels.write_text(json.dumps({"cat/f.csv": [["2020-01-01 00:40:00", "2020-01-01 00:49:00"]]}))
+    with caplog.at_level(logging.WARNING, logger="streamrnn.offline.evaluate"):
+        rc = ev.main(["--results", str(tmp_path / "res"), "--labels", str(labels), "--json", "-"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    tp = math.tanh(1.5) / MAX_TP
+    fp = -0.11 * math.tanh(2.5 * 11 / 9)
+    assert out["nab"]["standard"] == pytest.approx(100 * (tp + fp + 1) / 2, abs=1e-9)
+    warning = caplog.text
+    assert "f.csv" in warning and "2 row(s) out of time order" in warning
+    assert "row 44 (line 46: 2020-01-01 00:10:00, after 2020-01-01 00:43:00)" in warning
+
+
+def test_row_order_walk_equals_time_order_on_sorted_files() -> None:
+    # On a file in time order whose window limits are timestamps of its rows (as NAB's labels
+    # always are), NAB's walk gives exactly the windows that the time-based mapping gives.
+    rng = random.Random(7)
+    stamps = T0 + np.arange(500) * MINUTE
+    for _ in range(50):
+        cuts = sorted(rng.sample(range(500), 6))
+        wins = [(stamps[a], stamps[b]) for a, b in zip(cuts[::2], cuts[1::2], strict=True)]
+        assert ev._row_order_spans(stamps, wins, "k") == ev._window_spans(stamps, wins, "k")
+
+
+def test_row_order_walk_edge_cases(caplog: pytest.LogCaptureFixture) -> None:
+    stamps = np.array([ts(i) for i in range(20)])
+    # The end's timestamp sits on a row before the start: the walk never leaves the window.
+    swapped = stamps.copy()
+    swapped[3], swapped[12] = stamps[12], stamps[3]  # rows 3 and 12 trade places
+    (span,) = ev._row_order_spans(swapped, [(ts(5), ts(12))], "k")
+    assert (span.first, span.last, span.right, span.width, span.exited) == (5, 19, 3, -1, False)
+    # A window whose start row comes before the previous window's entry is never entered.
+    swapped[2], swapped[15] = stamps[15], stamps[2]
+    with caplog.at_level(logging.WARNING, logger="streamrnn.offline.evaluate"):
+        spans = ev._row_order_spans(swapped, [(ts(8), ts(10)), (ts(15), ts(16))], "k")
+    assert [(s.first, s.last) for s in spans] == [(8, 10)]
+    assert "never entered" in caplog.text
+    with pytest.raises(ValueError, match="not the timestamp of a row"):
+        ev._row_order_spans(swapped, [(ts(8), ts(10) + MINUTE // 2)], "k")
 
 
 def test_evaluate_dir_report_and_table(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -53,6 +53,18 @@ NAB scoring (Numenta Anomaly Benchmark), as implemented here
   every window). For a window that starts inside the probationary period the perfect detector
   fires at its first scorable row. ``S_perfect`` is computed, not assumed: with the TP weight
   normalised by ``sig(-1)`` it equals ``A_TP * W``.
+* **Rows out of time order** (a row earlier than the row before it; NAB's own data has
+  such files): the file is scored in file order, as NAB's scorer (``nab/sweeper.py``) does,
+  with a warning naming the file and the first such row. NAB walks the rows: a window is
+  entered at the first row after the previous window's entry whose timestamp *equals* its
+  start, and left after the first row from there whose timestamp equals its end (or when the
+  next window is entered first); a row's weight follows from its row index
+  (``right = `` the first row with the end's timestamp, ``L = right - `` the first row with
+  the start's timestamp ``+ 1``), never from its own timestamp. So a row placed inside a
+  window's rows counts as in the window whatever its timestamp, and a window that is never
+  entered in file order is not scored. This needs window limits that are timestamps of rows
+  of the file (NAB's labels always are); otherwise the file is refused with that message.
+  For files in time order with such limits the walk gives exactly the windows above.
 * **Counts** reported per profile: ``tp`` = windows detected, ``fn`` = windows missed,
   ``fp`` = detection rows outside every window (after the probationary period).
 
@@ -141,16 +153,19 @@ class ResultFile:
     """One detector output file.
 
     Attributes:
-        timestamps: row timestamps, ``datetime64[us]``, non-decreasing.
+        timestamps: row timestamps, ``datetime64[us]``, in file order (not necessarily sorted).
         scores: anomaly scores (float64); NaN for a missing score.
         flags: the ``is_anomaly`` column as booleans, or ``None`` when the file has none.
         path: where the file was read from, if it was read from disk.
+        out_of_order: (computed) indices of the rows whose timestamp is earlier than the
+            previous row's.
     """
 
     timestamps: np.ndarray
     scores: np.ndarray
     flags: np.ndarray | None = None
     path: Path | None = None
+    out_of_order: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.timestamps = np.asarray(self.timestamps).astype(_TS_UNIT)
@@ -161,9 +176,8 @@ class ResultFile:
             self.flags = np.asarray(self.flags).astype(bool)
             if self.flags.shape != self.timestamps.shape:
                 raise ValueError("flags must have the same length as timestamps")
-        if len(self.timestamps) > 1 and bool(np.any(self.timestamps[1:] < self.timestamps[:-1])):
-            where = f" in {self.path}" if self.path else ""
-            raise ValueError(f"timestamps are not in increasing order{where}")
+        # Rows earlier than the row before them; scored in file order (see the module docstring).
+        self.out_of_order = np.flatnonzero(self.timestamps[1:] < self.timestamps[:-1]) + 1
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -359,8 +373,7 @@ def load_result(path: str | Path) -> ResultFile:
         The parsed file; ``flags`` is ``None`` when there is no ``is_anomaly`` column.
 
     Raises:
-        ValueError: a required column is missing, a value does not parse, or the timestamps
-            are not in increasing order.
+        ValueError: a required column is missing or a value does not parse.
     """
     path = Path(path)
     with open(path, newline="", encoding="utf-8") as fh:
@@ -377,10 +390,12 @@ def load_result(path: str | Path) -> ResultFile:
         ts_text: list[str] = []
         scores: list[float] = []
         flags: list[bool] = []
+        lines: list[int] = []
         for lineno, row in enumerate(reader, start=2):
             if not row:
                 continue
             try:
+                lines.append(lineno)
                 ts_text.append(row[i_ts])
                 scores.append(_parse_score(row[i_score]))
                 if i_flag is not None:
@@ -391,12 +406,25 @@ def load_result(path: str | Path) -> ResultFile:
         timestamps = _parse_timestamps(ts_text)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    return ResultFile(
+    result = ResultFile(
         timestamps=timestamps,
         scores=np.asarray(scores, dtype=np.float64),
         flags=np.asarray(flags, dtype=bool) if i_flag is not None else None,
         path=path,
     )
+    if len(result.out_of_order):
+        i = int(result.out_of_order[0])
+        logger.warning(
+            "%s: %d row(s) out of time order, the first at row %d (line %d: %s, after %s); "
+            "scored in file order, as NAB's scorer does",
+            path,
+            len(result.out_of_order),
+            i,
+            lines[i],
+            ts_text[i].strip(),
+            ts_text[i - 1].strip(),
+        )
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,15 +454,29 @@ class _FileRows:
     scores: np.ndarray  # scores of the scorable rows
     window: np.ndarray  # local window id (index into ``spans``) per row, -1 outside windows
     unit: np.ndarray  # unit TP weight (in a window) or unit FP cost (outside), per row
-    spans: list[tuple[int, int]]  # row ranges (a, b) of the scorable windows, all rows
+    spans: list[_Span]  # the scorable windows, rows counted from the file's first
     probation: int  # probationary rows
 
 
-def _window_spans(
-    timestamps: np.ndarray, windows: Iterable[Window], key: str
-) -> list[tuple[int, int]]:
-    """Row ranges ``(a, b)`` (inclusive) of the windows, sorted by start; empty ones dropped."""
-    spans: list[tuple[int, int]] = []
+@dataclass(frozen=True)
+class _Span:
+    """One window's rows as NAB's scorer walks a file.
+
+    Rows ``first..last`` (inclusive) are in the window. A row ``i`` there has the relative
+    position ``-(right - i + 1) / width``. ``exited`` says whether the walk left the window at
+    its end row ``last``; only then is it the preceding window of the rows after it.
+    """
+
+    first: int
+    last: int
+    right: int
+    width: int
+    exited: bool = True
+
+
+def _window_spans(timestamps: np.ndarray, windows: Iterable[Window], key: str) -> list[_Span]:
+    """The windows of a file in time order, sorted by start; windows without rows dropped."""
+    spans: list[_Span] = []
     for start, end in windows:
         limits = np.array([start, end], dtype=_TS_UNIT)
         a = int(np.searchsorted(timestamps, limits[0], side="left"))
@@ -442,42 +484,105 @@ def _window_spans(
         if b < a:
             logger.warning("%s: window [%s, %s] covers no row; skipped", key, start, end)
             continue
-        spans.append((a, b))
-    spans.sort()
-    for (a0, b0), (a1, _) in zip(spans, spans[1:], strict=False):
-        if a1 <= b0:
-            logger.warning("%s: windows at rows %d-%d and %d.. overlap", key, a0, b0, a1)
+        spans.append(_Span(a, b, b, b - a + 1))
+    spans.sort(key=lambda sp: (sp.first, sp.last))
+    for s0, s1 in zip(spans, spans[1:], strict=False):
+        if s1.first <= s0.last:
+            logger.warning(
+                "%s: windows at rows %d-%d and %d.. overlap", key, s0.first, s0.last, s1.first
+            )
     return spans
+
+
+def _row_order_spans(timestamps: np.ndarray, windows: Iterable[Window], key: str) -> list[_Span]:
+    """The windows of a file with rows out of time order, walked in file order as NAB does.
+
+    Windows are taken in order of their start. The walk enters window k at the first row after
+    the row that entered window k - 1 whose timestamp equals k's start (a window that is never
+    entered blocks the ones after it), and leaves it after the first row from there whose
+    timestamp equals its end, unless window k + 1 is entered first. ``right`` is the first row
+    of the file with the end's timestamp and ``width = right - (first row with the start's
+    timestamp) + 1``, as NAB's ``timestamps.index`` gives them.
+
+    Raises:
+        ValueError: a window limit is not the timestamp of a row (NAB's labels always are), or
+            a window's end row is the row just before its start row (NAB divides by zero).
+    """
+    stamps = timestamps.astype(np.int64)  # (N,) microseconds
+    n = len(stamps)
+
+    def rows_at(t: np.datetime64, which: str) -> np.ndarray:
+        rows = np.flatnonzero(stamps == np.array(t, dtype=_TS_UNIT).astype(np.int64))
+        if not len(rows):
+            raise ValueError(
+                f"{key}: window {which} {t} is not the timestamp of a row; a file with rows out "
+                "of time order is scored in file order, as NAB's scorer does, which needs window "
+                "limits that are timestamps of the file"
+            )
+        return rows
+
+    entered: list[tuple[int, int, int, int | None]] = []  # (entry, right, width, end row)
+    entry = -1
+    for start, end in sorted(windows, key=lambda w: w[0]):
+        starts, ends = rows_at(start, "start"), rows_at(end, "end")
+        later = starts[starts > entry]
+        if not len(later):
+            logger.warning(
+                "%s: window [%s, %s] is never entered in file order; it and the windows after "
+                "it are not scored",
+                key,
+                start,
+                end,
+            )
+            break
+        entry = int(later[0])
+        right, width = int(ends[0]), int(ends[0]) - int(starts[0]) + 1
+        if width == 0:
+            raise ValueError(f"{key}: window [{start}, {end}] ends on the row before its start")
+        exits = ends[ends >= entry]
+        entered.append((entry, right, width, int(exits[0]) if len(exits) else None))
+    spans: list[_Span] = []
+    for k, (first, right, width, exit_row) in enumerate(entered):
+        following = entered[k + 1][0] if k + 1 < len(entered) else n
+        if exit_row is not None and exit_row < following:
+            spans.append(_Span(first, exit_row, right, width, True))
+        else:
+            spans.append(_Span(first, following - 1, right, width, False))
+    return spans
+
+
+def _spans_of(result: ResultFile, windows: Iterable[Window], key: str) -> list[_Span]:
+    if len(result.out_of_order):
+        return _row_order_spans(result.timestamps, windows, key)
+    return _window_spans(result.timestamps, windows, key)
 
 
 def _prepare_file(result: ResultFile, windows: Iterable[Window], key: str) -> _FileRows:
     n = len(result)
     p = probationary_length(n)
-    all_spans = _window_spans(result.timestamps, windows, key)
+    all_spans = _spans_of(result, windows, key)
     win = np.full(n, -1, dtype=np.int64)
     unit = np.zeros(n, dtype=np.float64)
     rows = np.arange(n)
     # Rows inside windows: TP weight, normalised so the left edge earns exactly 1.
-    for k, (a, b) in enumerate(all_spans):
-        free = win[a : b + 1] == -1  # with overlaps, a row stays in the earlier window
-        idx = rows[a : b + 1][free]
+    for k, sp in enumerate(all_spans):
+        free = win[sp.first : sp.last + 1] == -1  # with overlaps, a row stays in the earlier one
+        idx = rows[sp.first : sp.last + 1][free]
         win[idx] = k
-        length = b - a + 1
-        unit[idx] = scaled_sigmoid(-(b - idx + 1) / length) / _MAX_TP
-    # Rows outside windows: FP cost relative to the end of the preceding window.
+        unit[idx] = scaled_sigmoid(-(sp.right - idx + 1) / sp.width) / _MAX_TP
+    # Rows outside windows: FP cost relative to the end of the preceding (exited) window.
     outside = np.flatnonzero(win == -1)
-    if len(all_spans):
-        ends = np.array([b for _, b in all_spans], dtype=np.int64)
-        lengths = np.array([b - a + 1 for a, b in all_spans], dtype=np.int64)
+    left = [sp for sp in all_spans if sp.exited]
+    cost = np.full(len(outside), -1.0)
+    if left:
+        ends = np.array([sp.last for sp in left], dtype=np.int64)
+        widths = np.array([sp.width for sp in left], dtype=np.int64)
         prev = np.searchsorted(ends, outside, side="left") - 1  # last window ending before row
         has_prev = prev >= 0
-        cost = np.full(len(outside), -1.0)
         pi = prev[has_prev]
-        denom = np.maximum(lengths[pi] - 1, 1).astype(np.float64)
-        cost[has_prev] = scaled_sigmoid((outside[has_prev] - ends[pi]) / denom)
-        unit[outside] = cost
-    else:
-        unit[outside] = -1.0
+        denom = np.where(widths[pi] == 1, 1, widths[pi] - 1).astype(np.float64)
+        cost[has_prev] = scaled_sigmoid(np.abs(outside[has_prev] - ends[pi]) / denom)
+    unit[outside] = cost
     # Drop the probationary rows and the windows that lie entirely inside them.
     win_s, unit_s, scores_s = win[p:], unit[p:], result.scores[p:]
     kept = np.unique(win_s[win_s >= 0])
@@ -675,7 +780,7 @@ def event_metrics(
             continue
         files += 1
         p = probationary_length(len(res))
-        spans = [(a, b) for a, b in _window_spans(res.timestamps, windows[key], key) if b >= p]
+        spans = [(sp.first, sp.last) for sp in _spans_of(res, windows[key], key) if sp.last >= p]
         flags = res.flags.copy()
         flags[:p] = False
         starts, ends = _runs(flags)
