@@ -94,6 +94,8 @@ def gap_stream(
     for j in range(n_steps):
         # Each step a rotating subset of the keys: the others are idle and become eviction's victims.
         active = [i for i in range(n_keys) if (i + j // 10) % n_keys < n_keys - 3]
+        # ... in a different order each step, so that a batch's wave order is not its arrival order.
+        active = [active[x] for x in rng.permutation(len(active))]
         for i in active:
             scale = 10.0 ** (i % 3)
             v = scale * (5 + np.sin(2 * np.pi * j / 24)) + rng.normal() * 0.1 * scale

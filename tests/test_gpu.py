@@ -8,6 +8,8 @@ where the answer must be exact, so the checking code itself is tested.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from devicetools import (
@@ -15,8 +17,14 @@ from devicetools import (
     cell_gap,
     child_owns_device,
     engine_gap,
+    gap_config,
+    gap_stream,
+    make_engine,
+    run_stream,
     snapshot_round_trip,
 )
+
+from streamrnn.detector.engine import _Staging
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -45,6 +53,21 @@ def test_engine_gap_catches_a_difference() -> None:
     g.b.score[i] -= 2 * SCORE_ATOL
     with pytest.raises(AssertionError):
         assert_same_results(g.a, g.b, atol=SCORE_ATOL)
+
+
+@pytest.mark.parametrize("late", ["score", "drop"])
+def test_gpu_transfer_path_on_the_cpu(late: str) -> None:
+    """The GPU's way in and out of Engine.process (host buffers reused across batches, the wave
+    order applied and undone on the device) gives exactly the CPU's results."""
+    cfg = gap_config(late=late)
+    keys, times, values = gap_stream()
+    plain, staged = make_engine("cpu", cfg), make_engine("cpu", cfg)
+    staged._staging = _Staging(torch.device("cpu"))
+    sizes = [37, 1, 64, 11, 200]  # the buffers grow, then serve smaller batches
+    want = run_stream(plain, keys, times, values, sizes)
+    got = run_stream(staged, keys, times, values, sizes)
+    assert_same_results(got, want, atol=0.0)
+    assert staged._staging._in.numel() >= 200
 
 
 def test_snapshot_round_trip_on_one_device() -> None:
@@ -104,3 +127,29 @@ def test_service_engine_child_owns_the_device() -> None:
     assert r["resident"] == [6, 6]
     assert r["score_gap"] <= SCORE_ATOL
     assert r["alerts"][0] == r["alerts"][1]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_no_host_synchronisation_inside_a_wave() -> None:
+    """A batch of ten waves waits for the device as often as a batch of one (its one wait for
+    the results), counted by torch's synchronisation debug mode."""
+    cfg = gap_config(max_keys=64)
+    engine = make_engine("cuda", cfg)
+    keys = [f"k{i}" for i in range(50)]
+
+    def waits(n_waves: int, t0: float) -> int:
+        batch = keys * n_waves
+        times = t0 + 60.0 * (torch.arange(len(batch)) // len(keys)).double().numpy()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                engine.process(batch, times, torch.ones(len(batch), 2).numpy())
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in seen)
+
+    waits(10, 1.7e9)  # every key resident and the host buffers grown: nothing left to set up
+    one, ten = waits(1, 1.8e9), waits(10, 1.9e9)
+    assert ten == one <= 1, f"{one} waits for one wave, {ten} for ten"

@@ -5,11 +5,15 @@ in arrival order, one step each. Every statistic a key owns lives in the state s
 for an event depends only on the events of its key before it: the same stream gives the same scores
 however it is cut into batches.
 
-Per batch: keys to rows and the wave order on the host, then the batch in wave order (rows, times,
-values, calendar inputs) goes to the device in one copy. Per wave: one gather of the keys' packed
+Per batch: keys to rows and the wave order on the host, then the batch (rows, times, values,
+calendar inputs) goes to the device in one copy: on the CPU gathered into wave order by the host;
+on a GPU written as it came into a page-locked buffer, copied without blocking, with the wave order
+beside it, and gathered on the device. Per wave: one gather of the keys' packed
 state rows per bank (:class:`~streamrnn.state.StateStore`), the scoring and one batched recurrent
 step writing straight into a fresh row buffer, one scatter back. Results stay on the device in wave
-order until one copy back, put in arrival order on the host. No per-event Python on the way.
+order until one copy back, put in arrival order by the host (CPU) or by the device before a
+non-blocking copy into a page-locked buffer (GPU): the batch's one wait for the device. No
+per-event Python on the way, and no host synchronisation inside a wave.
 """
 
 from __future__ import annotations
@@ -137,6 +141,51 @@ def state_fields(model: Forecaster) -> dict[str, FieldSpec]:
     }
 
 
+class _Staging:
+    """Host buffers for one engine's batches, reused and grown by doubling; page-locked on a
+    CUDA device (its copies then do not block), plain memory elsewhere (tests run this path on
+    the CPU).
+
+    ``inbound`` hands out the buffer the host writes the next batch into; it first waits for the
+    previous batch's copy out of it (:meth:`sent` marks that copy). ``outbound`` copies a device
+    tensor into the outbound buffer without blocking, waits for that copy alone and returns the
+    buffer as a NumPy view, valid until the next call (copy what must outlive it).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.pinned = device.type == "cuda"
+        self._in = torch.empty(0, dtype=torch.float64)
+        self._out = torch.empty(0, dtype=torch.float32)
+        self._in_done = torch.cuda.Event() if self.pinned else None
+        self._out_done = torch.cuda.Event() if self.pinned else None
+
+    def _room(self, buf: Tensor, numel: int) -> Tensor:
+        if buf.numel() >= numel:
+            return buf
+        size = max(numel, 2 * buf.numel())
+        return torch.empty(size, dtype=buf.dtype, pin_memory=self.pinned)
+
+    def inbound(self, n: int, width: int) -> Tensor:
+        if self._in_done is not None:
+            self._in_done.synchronize()  # the previous batch's copy has left the buffer
+        self._in = self._room(self._in, n * width)
+        return self._in[: n * width].view(n, width)  # (n, width)
+
+    def sent(self) -> None:
+        if self._in_done is not None:
+            self._in_done.record(torch.cuda.current_stream(self.device))
+
+    def outbound(self, src: Tensor) -> np.ndarray:
+        self._out = self._room(self._out, src.numel())
+        dst = self._out[: src.numel()].view(src.shape)
+        dst.copy_(src, non_blocking=self.pinned)
+        if self._out_done is not None:
+            self._out_done.record(torch.cuda.current_stream(self.device))
+            self._out_done.synchronize()  # the one wait of a batch: its results are on the host
+        return dst.numpy()
+
+
 class Engine:
     """Steps every key's events through one shared forecaster, with per-key state on the device."""
 
@@ -173,6 +222,8 @@ class Engine:
             name: (*self.store.field_slice(name), spec.dtype, spec.shape)
             for name, spec in self.store.specs.items()
         }
+        # Page-locked host buffers for the batch's two copies, on a CUDA device only.
+        self._staging = _Staging(self.device) if self.device.type == "cuda" else None
 
     @property
     def imputed_total(self) -> int:
@@ -217,39 +268,74 @@ class Engine:
                     for x, y in zip(vars(a).values(), vars(b).values(), strict=True)
                 )
             )
+        f = self.n_values
         rows = self.store.rows(keys)  # (N,)
         order, bounds = wave_order(rows)
-        f = self.n_values
-        # The batch in wave order, packed into one array: one copy to the device per batch.
-        packed = np.empty(
-            (n, 2 + f + (N_CALENDAR if self.calendar else 0)), dtype=np.float64
-        )  # (N, C)
-        packed[:, 0] = rows[order]
-        packed[:, 1] = times[order]
-        packed[:, 2 : 2 + f] = values[order]
-        if self.calendar:
-            packed[:, 2 + f :] = calendar_features(times[order])
-        batch = torch.as_tensor(packed).to(self.device, non_blocking=True)  # (N, C)
-        rows_d = batch[:, 0].long()  # (N,)
-        times_d = batch[:, 1]  # (N,)
-        inputs = batch[:, 2:].float()  # (N, F [+ 4]) values, then calendar features
+        rows_d, times_d, inputs, order_d = self._to_device(rows, order, times, values)
         out = torch.empty(n, _OUT_COLS + 2 * f, device=self.device)  # (N, 6 + 2F), wave order
         bnd = bounds.tolist()
         with torch.no_grad(), _intra_op_threads(self._threads_for(n)):
             for lo, hi in self._slices(bnd):
                 self._wave(rows_d[lo:hi], times_d[lo:hi], inputs[lo:hi], out[lo:hi])
-        host = np.empty((_OUT_COLS + 2 * f, n), dtype=np.float32)  # (6 + 2F, N)
-        host[:, order] = out.cpu().numpy().T  # back to arrival order, one row per column
+        host = self._to_host(out, order, order_d)  # (6 + 2F, N), arrival order
         return Results(
             prediction=host[_OUT_COLS : _OUT_COLS + f].T.copy(),
             scale=host[_OUT_COLS + f :].T.copy(),
-            error=host[_ERROR],
-            score=host[_SCORE],
+            error=host[_ERROR].copy() if self._staging else host[_ERROR],
+            score=host[_SCORE].copy() if self._staging else host[_SCORE],
             flag=host[_FLAG] != 0,
             late=host[_LATE] != 0,
             dropped=host[_DROPPED] != 0,
             since_flag=host[_SINCE].astype(np.int64),
         )
+
+    def _to_device(
+        self, rows: np.ndarray, order: np.ndarray, times: np.ndarray, values: np.ndarray
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """The batch on the device in wave order, in one copy: rows (N,) int64, times (N,)
+        float64, inputs (N, F [+ 4]) float32 (values, then calendar features), and on a CUDA
+        device the wave order itself (N,) (else None)."""
+        f = self.n_values
+        n = len(rows)
+        width = 2 + f + (N_CALENDAR if self.calendar else 0)
+        if self._staging is None:
+            # On the CPU the host gathers into wave order; the "copy" is a view.
+            packed = np.empty((n, width), dtype=np.float64)  # (N, C)
+            packed[:, 0] = rows[order]
+            packed[:, 1] = times[order]
+            packed[:, 2 : 2 + f] = values[order]
+            if self.calendar:
+                packed[:, 2 + f :] = calendar_features(times[order])
+            batch = torch.as_tensor(packed)  # (N, C)
+            order_d = None
+        else:
+            # On a GPU the host writes the batch as it came into page-locked memory (no gather
+            # on the host), the copy does not block, and the device puts it in wave order.
+            staged = self._staging.inbound(n, width + 1)  # (N, C + 1) float64, pinned
+            packed = staged.numpy()
+            packed[:, 0] = rows
+            packed[:, 1] = times
+            packed[:, 2 : 2 + f] = values
+            if self.calendar:
+                packed[:, 2 + f : width] = calendar_features(times)
+            packed[:, width] = order
+            arrival = staged.to(self.device, non_blocking=True)  # (N, C + 1)
+            self._staging.sent()
+            order_d = arrival[:, width].long()  # (N,)
+            batch = arrival.index_select(0, order_d)  # (N, C + 1), wave order
+        return batch[:, 0].long(), batch[:, 1], batch[:, 2:width].float(), order_d
+
+    def _to_host(self, out: Tensor, order: np.ndarray, order_d: Tensor | None) -> np.ndarray:
+        """The results ``out`` (N, 6 + 2F) of the waves, in wave order, as a host array
+        (6 + 2F, N) in arrival order. On a GPU: put back in arrival order and transposed on the
+        device, one non-blocking copy into page-locked memory, and the batch's one wait."""
+        n, cols = out.shape
+        if self._staging is None or order_d is None:
+            host = np.empty((cols, n), dtype=np.float32)  # (6 + 2F, N)
+            host[:, order] = out.numpy().T  # back to arrival order, one row per column
+            return host
+        arrival = torch.empty_like(out).index_copy_(0, order_d, out)  # (N, 6 + 2F)
+        return self._staging.outbound(arrival.T.contiguous())  # (6 + 2F, N)
 
     def step_wave(
         self, rows: Tensor, times: Tensor, values: Tensor, calendar: Tensor | None = None
