@@ -23,8 +23,16 @@ One run, on one broker and one topic (the embedded Tansu broker unless ``--boots
    read by the bare loop (the detector stopped), lags taken when each poll returns;
 6. **memory**: state store bytes per resident key against the bytes of the hidden state;
 7. **step**: the engine alone over 1k, 10k, 100k and 1M resident keys (``--step-keys``) on
-   ``--device``: ``Engine.process`` (keys to rows, waves, the step, results back on the host)
-   and the per-wave device step alone (CUDA timed with ``torch.cuda.synchronize()``).
+   ``--device``: ``Engine.process`` (keys to rows, waves, the step, results back on the host),
+   the per-wave device step alone (CUDA timed with ``torch.cuda.synchronize()``), the batch's
+   way in (host packing and the host-to-device copy) and out (device-to-host, back in arrival
+   order) each alone, and on a GPU its memory per resident key (``--step-only``: this part
+   alone, no broker).
+
+``--producer-cpus`` pins the paced producer to CPUs of its own: run the benchmark itself under
+``taskset -c`` on the detector's cores and the broker (``--bootstrap-servers``) under another
+``taskset``, and the latency runs measure the detector, not the machine's other processes
+(bench/gpu.sh does this).
 
 The process freezes its garbage collector's view of its start-up heap before the loops (the
 detector does so itself). Each Kafka measurement runs ``--repeat`` times (the detector with a fresh consumer group each
@@ -33,6 +41,7 @@ connection set-up and the group join do not count. A table goes to stdout, every
 ``--json``, a plot of throughput against resident keys to ``--plot``.
 
     python -m bench.throughput [--quick] [--json FILE] [--plot FILE] [--device cpu|cuda|auto]
+                               [--step-only] [--producer-cpus CPUS]
     streamrnn bench ...          (the same, from a source checkout)
 
 Results and what they mean: docs/benchmarks.md.
@@ -169,6 +178,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="use this broker instead of starting the embedded one",
     )
     p.add_argument("--skip-naive", action="store_true", help="skip the naive loop")
+    p.add_argument(
+        "--step-only",
+        action="store_true",
+        help="only the engine benchmark (--step-keys): no broker, topic, detector or latency",
+    )
+    p.add_argument(
+        "--producer-cpus",
+        default=None,
+        help="CPUs of the paced producer (the latency runs), as taskset -c takes them (0-3,8): "
+        "keep it off the detector's cores when this process is pinned with taskset",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -683,12 +703,33 @@ class _RawProducer:
         self.sock.close()
 
 
+def parse_cpus(text: str) -> set[int]:
+    """CPUs as ``taskset -c`` takes them: ``0,1``, ``2-15``, ``0-3,8``."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"--producer-cpus: must be like 2-15 or 0,1, got {text!r}")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def _paced_producer(
-    bootstrap: str, topic: str, keys: int, partitions: int, rate: float, seconds: float, out: Any
+    bootstrap: str,
+    topic: str,
+    keys: int,
+    partitions: int,
+    rate: float,
+    seconds: float,
+    out: Any,
+    cpus: str | None = None,
 ) -> None:
     """Produce ``rate`` events/s for ``seconds``: event ``j`` is stamped with the wall-clock time
     it is due (``start + j / rate``), and sent with the others due in the same ``TICK_S``
-    (:class:`_RawProducer`), so its lag includes the producer's own batching."""
+    (:class:`_RawProducer`), so its lag includes the producer's own batching. ``cpus``: run on
+    these CPUs only (``taskset -c``'s syntax)."""
+    if cpus:
+        os.sched_setaffinity(0, parse_cpus(cpus))
     producer = _RawProducer(bootstrap, topic, partitions)
     names = [f"key-{i:05d}" for i in range(keys)]
     encoded = [n.encode() for n in names]
@@ -723,14 +764,20 @@ def _paced_producer(
 
 
 def _paced_process(
-    bootstrap: str, topic: str, keys: int, partitions: int, rate: float, seconds: float
+    bootstrap: str,
+    topic: str,
+    keys: int,
+    partitions: int,
+    rate: float,
+    seconds: float,
+    cpus: str | None = None,
 ) -> tuple[Any, Any]:
     """:func:`_paced_producer` in a fresh interpreter (not started) and the queue of its result."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     proc = ctx.Process(
         target=_paced_producer,
-        args=(bootstrap, topic, keys, partitions, rate, seconds, q),
+        args=(bootstrap, topic, keys, partitions, rate, seconds, q, cpus),
         daemon=True,
     )
     return proc, q
@@ -762,12 +809,13 @@ def latency_run(
     partitions: int,
     rate: float,
     seconds: float,
+    cpus: str | None = None,
 ) -> dict[str, Any]:
-    """Events stamped with the wall clock at ``rate`` per second for ``seconds``; their lag from
-    the detector's histogram, without the first ``warm`` seconds."""
+    """Events stamped with the wall clock at ``rate`` per second for ``seconds`` (the producer on
+    ``cpus``); their lag from the detector's histogram, without the first ``warm`` seconds."""
     already = det.processed()
     warm = min(2.0, seconds / 4)
-    proc, q = _paced_process(bootstrap, topic, keys, partitions, rate, seconds)
+    proc, q = _paced_process(bootstrap, topic, keys, partitions, rate, seconds, cpus)
     proc.start()
     try:
         # The producer's start-up (a fresh interpreter) is not part of the measurement.
@@ -819,7 +867,13 @@ def _lag_quantiles(lags: np.ndarray) -> dict[str, Any]:
 
 
 def bare_latency_run(
-    bootstrap: str, topic: str, keys: int, partitions: int, rate: float, seconds: float
+    bootstrap: str,
+    topic: str,
+    keys: int,
+    partitions: int,
+    rate: float,
+    seconds: float,
+    cpus: str | None = None,
 ) -> dict[str, Any]:
     """The floor under the detector's latency: the paced producer into a fresh topic, read by the
     bare loop (poll and orjson), each event's lag taken when its poll returns."""
@@ -828,7 +882,7 @@ def bare_latency_run(
     create_topics(bootstrap, {topic: partitions})
     c = _consumer(bootstrap, topic, 5000)
     warm = min(2.0, seconds / 4)
-    proc, q = _paced_process(bootstrap, topic, keys, partitions, rate, seconds)
+    proc, q = _paced_process(bootstrap, topic, keys, partitions, rate, seconds, cpus)
     lags: list[float] = []
     got: dict[str, Any] | None = None
     proc.start()
@@ -924,6 +978,7 @@ def _step_one(
     from streamrnn.detector.engine import Engine
     from streamrnn.detector.features import N_CALENDAR, calendar_features
     from streamrnn.detector.model import Forecaster
+    from streamrnn.detector.waves import wave_order
 
     cfg = load_config(
         None,
@@ -935,6 +990,11 @@ def _step_one(
             "state.initial_capacity": k,
         },
     )
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(seed)
     engine = Engine(Forecaster(cfg.model, n_values=1, n_extra=N_CALENDAR), cfg, device=device)
     keys = [f"key-{i:07d}" for i in range(k)]
@@ -946,6 +1006,26 @@ def _step_one(
         engine.process(keys, np.full(k, clock[0]), values)
 
     per_process, reps_p = _timed(process, device, min_s, 2)
+    gpu: dict[str, Any] = {}
+    if cuda:
+        gpu = {
+            # The state store and the model, resident between batches; the peak includes one
+            # batch's temporaries.
+            "gpu_bytes_per_key": (torch.cuda.memory_allocated(device) - base) / k,
+            "gpu_peak_bytes_per_key": (torch.cuda.max_memory_allocated(device) - base) / k,
+        }
+
+    # The batch's way in (host packing and the copy, Engine._to_device) and out (the results
+    # back in arrival order on the host, Engine._to_host), each alone.
+    host_rows = engine.store.rows(keys)  # (k,)
+    order, _ = wave_order(host_rows)
+    host_times = np.full(k, clock[0])
+    _, _, _, order_d = engine._to_device(host_rows, order, host_times, values)
+    results = torch.zeros(k, 6 + 2 * engine.n_values, device=device)  # (k, C) as a wave leaves it
+    per_in, _ = _timed(
+        lambda: engine._to_device(host_rows, order, host_times, values), device, min_s / 4, 3
+    )
+    per_out, _ = _timed(lambda: engine._to_host(results, order, order_d), device, min_s / 4, 3)
 
     rows = torch.as_tensor(engine.store.rows(keys), device=device)  # (k,)
     times = torch.full((k,), clock[0] + INTERVAL_S, dtype=torch.float64, device=device)  # (k,)
@@ -966,6 +1046,9 @@ def _step_one(
         "wave_steps_per_s": k / per_wave,
         "wave_seconds": per_wave,
         "wave_reps": reps_w,
+        "to_device_seconds": per_in,
+        "to_host_seconds": per_out,
+        **gpu,
         "row_ratio": mem["row_ratio"],
         "allocated_ratio": mem["allocated_ratio"],
         "host_index_bytes_per_key": mem["host_index_bytes_per_key"],
@@ -1012,13 +1095,18 @@ def format_report(r: dict[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
     )
     c = r["config"]
-    lines.append(
-        f"topic: {c['keys']} keys x {c['events_per_key']} events, {c['partitions']} partitions; "
-        f"model {c['cell']} hidden {c['hidden']} x {c['layers']} layer(s); max_poll_records {c['max_poll_records']}"
-    )
-    tp = r["throughput"]
-    lines.append("")
-    lines.append(f"{'loop':<10} {'events/s':>12} {'runs (events/s)':<40}")
+    model = f"model {c['cell']} hidden {c['hidden']} x {c['layers']} layer(s)"
+    if c.get("step_only"):
+        lines.append(f"{model}; the engine alone on {c['device']}")
+    else:
+        lines.append(
+            f"topic: {c['keys']} keys x {c['events_per_key']} events, {c['partitions']} partitions; "
+            f"{model}; max_poll_records {c['max_poll_records']}"
+        )
+    tp = r.get("throughput") or {}
+    if tp:
+        lines.append("")
+        lines.append(f"{'loop':<10} {'events/s':>12} {'runs (events/s)':<40}")
     for name in ("bare", "bare_fast", "detector", "naive"):
         t = tp.get(name)
         if not t:
@@ -1074,12 +1162,16 @@ def format_report(r: dict[str, Any]) -> str:
     if steps:
         lines.append("")
         lines.append(
-            f"{'resident keys':>14} {'device':<8} {'process steps/s':>16} {'wave steps/s':>14} {'wave ms':>9}"
+            f"{'resident keys':>14} {'device':<8} {'process steps/s':>16} {'wave steps/s':>14} "
+            f"{'wave ms':>9} {'in ms':>8} {'out ms':>8} {'GPU B/key':>10}"
         )
         for s in steps:
+            gpu_b = s.get("gpu_bytes_per_key")
             lines.append(
                 f"{s['keys']:>14,} {s['device']:<8} {_fmt_rate(s['process_steps_per_s']):>16} "
-                f"{_fmt_rate(s['wave_steps_per_s']):>14} {s['wave_seconds'] * 1000:>9.2f}"
+                f"{_fmt_rate(s['wave_steps_per_s']):>14} {s['wave_seconds'] * 1000:>9.2f} "
+                f"{s['to_device_seconds'] * 1000:>8.2f} {s['to_host_seconds'] * 1000:>8.2f} "
+                f"{f'{gpu_b:.0f}' if gpu_b is not None else '-':>10}"
             )
     return "\n".join(lines)
 
@@ -1145,7 +1237,6 @@ def _broker(bootstrap: str | None) -> Iterator[str]:
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from streamrnn.detector.modeldir import resolve_device
-    from streamrnn.tools.broker import create_topics
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1167,8 +1258,34 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "engine": args.engine,
             "record_reader": args.record_reader,
             "quick": args.quick,
+            "step_only": args.step_only,
+            "producer_cpus": args.producer_cpus,
+            "affinity": sorted(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else None,
         },
     }
+    if args.producer_cpus:
+        parse_cpus(args.producer_cpus)  # a typo stops the run before the long parts
+    if not args.step_only:
+        kafka_part(args, device, total, result)
+    sizes = [int(s) for s in str(args.step_keys).split(",") if s.strip()]
+    if sizes:
+        result["step"] = step_bench(
+            args.cell, args.hidden, args.layers, sizes, device, args.seed, args.quick
+        )
+    result["machine"]["load_average_at_end"] = (
+        os.getloadavg() if hasattr(os, "getloadavg") else None
+    )
+    return result
+
+
+def kafka_part(
+    args: argparse.Namespace, device: torch.device, total: int, result: dict[str, Any]
+) -> None:
+    """The topic, the loops, latency and memory (everything but the engine alone) into ``result``."""
+    from streamrnn.tools.broker import create_topics
+
     with (
         tempfile.TemporaryDirectory(prefix="streamrnn-bench-") as tmp,
         _broker(args.bootstrap_servers) as bootstrap,
@@ -1246,6 +1363,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         args.partitions,
                         rate,
                         args.latency_seconds,
+                        args.producer_cpus,
                     )
                     lat["fraction_of_max"] = frac
                     runs.append(lat)
@@ -1264,6 +1382,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 args.partitions,
                 lat["target_events_per_s"],
                 args.latency_seconds,
+                args.producer_cpus,
             )
         if not args.skip_naive:
             for i in range(args.repeat):
@@ -1294,16 +1413,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             )
         tp["ratios"] = ratios
         result["throughput"] = tp
-
-    sizes = [int(s) for s in str(args.step_keys).split(",") if s.strip()]
-    if sizes:
-        result["step"] = step_bench(
-            args.cell, args.hidden, args.layers, sizes, device, args.seed, args.quick
-        )
-    result["machine"]["load_average_at_end"] = (
-        os.getloadavg() if hasattr(os, "getloadavg") else None
-    )
-    return result
 
 
 def run(args: argparse.Namespace, command: str | None = None) -> int:
