@@ -64,7 +64,14 @@ def processed(port: int) -> int | None:
 
 
 def run_device(
-    bootstrap: str, topic: str, model: Path, work: Path, device: str, total: int, timeout_s: float
+    bootstrap: str,
+    topic: str,
+    model: Path,
+    work: Path,
+    device: str,
+    total: int,
+    timeout_s: float,
+    max_poll_records: int = 5000,
 ) -> dict[str, Any]:
     """One ``streamrnn run`` on ``device`` until it has processed ``total`` events."""
     group = f"e2e-{device.replace(':', '')}-{uuid.uuid4().hex[:6]}"
@@ -84,6 +91,7 @@ def run_device(
                     "metrics_host": "127.0.0.1",
                     "metrics_port": port,
                     "model_poll_interval_s": 0.0,
+                    "max_poll_records": max_poll_records,
                     **FAST_GROUP,
                 },
                 # Room for every key: the run measures stepping, not eviction.
@@ -133,6 +141,7 @@ def run_device(
         "device": device,
         "command": shlex.join(cmd[1:]),
         "events": last[1],
+        # From the first batch seen to the last: a run of one batch has no rate.
         "events_per_s": (last[1] - first[1]) / span if span > 0 else float("nan"),
         "seconds_to_first_event": first[0] - t_start,
         "seconds_total": last[0] - t_start,
@@ -153,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument(
+        "--max-poll-records", type=int, default=5000, help="records per poll (default 5000)"
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per run (default 300)")
     p.add_argument("--bootstrap-servers", default=None, help="use this broker")
     p.add_argument("--json", dest="json_path", default=None)
@@ -185,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         model = write_model(work / "model", args.cell, args.hidden, args.layers, args.seed)
         for device in [d.strip() for d in args.devices.split(",") if d.strip()]:
-            r = run_device(bootstrap, topic, model, work, device, total, args.timeout)
+            r = run_device(
+                bootstrap, topic, model, work, device, total, args.timeout, args.max_poll_records
+            )
             log.info(
                 "streamrnn run --device %s: %.0f events/s (first event after %.1f s)",
                 device,

@@ -15,7 +15,8 @@
 #   DEVICE=cpu SIZES=1000,10000 bash bench/gpu.sh
 #
 # Settings (environment): DEVICE (cuda), SIZES (1000,...,10000000), E2E_KEYS (10000),
-# E2E_EVENTS (30 per key), LATENCY_S (10 s per rate), PY (python3, or .venv/bin/python where
+# E2E_EVENTS (30 per key), LATENCY_S (10 s per rate), PARTS (tests step latency e2e: a rerun
+# can name only the parts that failed), PY (python3, or .venv/bin/python where
 # there is one), OUT (out/gpu when unset), DETECTOR_CPUS / OTHER_CPUS (0,1 and the rest).
 # A failing part is recorded and the next one runs; the exit status says whether any failed.
 set -uo pipefail
@@ -26,6 +27,7 @@ SIZES=${SIZES:-1000,10000,100000,1000000,10000000}
 E2E_KEYS=${E2E_KEYS:-10000}
 E2E_EVENTS=${E2E_EVENTS:-30}
 LATENCY_S=${LATENCY_S:-10}
+PARTS=" ${PARTS:-tests step latency e2e} "
 OUT=${OUT:-$ROOT/out/gpu}
 if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
@@ -77,6 +79,10 @@ say "machine: $NCPU cores, detector on $DETECTOR_CPUS, broker and producer on $O
 part() { # part NAME SECONDS COMMAND...: run one part with a time limit, its output to the log
   local name=$1 limit=$2
   shift 2
+  case $PARTS in
+  *" ${name%%-*} "*) ;;
+  *) return 0 ;;
+  esac
   say "$name: $*"
   timeout --signal=INT --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
@@ -87,45 +93,53 @@ part() { # part NAME SECONDS COMMAND...: run one part with a time limit, its out
 }
 
 # 1. The tests.
-part tests 150 "$PY" -m pytest tests/test_gpu.py -v -rA -p no:cacheprovider \
+part tests 90 "$PY" -m pytest tests/test_gpu.py -v -rA -p no:cacheprovider \
   --junitxml="$OUT/gpu-tests.xml"
 
 # 2. The engine alone, both cells.
 for cell in lstm gru; do
-  part "step-$cell" 200 "$PY" -m bench.throughput --step-only --device "$DEVICE" --cell "$cell" \
+  part "step-$cell" 120 "$PY" -m bench.throughput --step-only --device "$DEVICE" --cell "$cell" \
     --hidden 64 --layers 2 --step-keys "$SIZES" --json "$OUT/step-$cell.json"
 done
 
 # 3. Rate and half-load latency, the broker and the paced producer away from the detector.
+case $PARTS in *" latency "* | *" e2e "*) need_broker=1 ;; *) need_broker=0 ;; esac
 BROKER_OUT=$OUT/broker.out
-"${PIN[@]}" "$OTHER_CPUS" "$PY" -m streamrnn broker --port 0 >"$BROKER_OUT" 2>&1 &
-BROKER_PID=$!
-trap 'kill $BROKER_PID 2>/dev/null' EXIT
+BROKER_PID=
 BOOTSTRAP=
-for _ in $(seq 300); do
-  BOOTSTRAP=$(sed -n 's/^bootstrap_servers=//p' "$BROKER_OUT")
-  [ -n "$BOOTSTRAP" ] && break
-  kill -0 $BROKER_PID 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$BOOTSTRAP" ]; then
+if [ $need_broker = 1 ]; then
+  "${PIN[@]}" "$OTHER_CPUS" "$PY" -m streamrnn broker --port 0 >"$BROKER_OUT" 2>&1 &
+  BROKER_PID=$!
+  trap '[ -n "$BROKER_PID" ] && kill $BROKER_PID 2>/dev/null' EXIT
+  for _ in $(seq 300); do
+    BOOTSTRAP=$(sed -n 's/^bootstrap_servers=//p' "$BROKER_OUT")
+    [ -n "$BOOTSTRAP" ] && break
+    kill -0 $BROKER_PID 2>/dev/null || break
+    sleep 0.1
+  done
+fi
+if [ $need_broker = 0 ]; then
+  :
+elif [ -z "$BOOTSTRAP" ]; then
   say "the broker did not start:"
   tee -a "$LOG" <"$BROKER_OUT"
   failed+=(broker)
 else
   say "broker at $BOOTSTRAP (pid $BROKER_PID)"
-  part latency 240 "${PIN[@]}" "$DETECTOR_CPUS" "$PY" -m bench.throughput --bootstrap-servers "$BOOTSTRAP" \
+  part latency 150 "${PIN[@]}" "$DETECTOR_CPUS" "$PY" -m bench.throughput --bootstrap-servers "$BOOTSTRAP" \
     --device "$DEVICE" --hidden 64 --layers 2 --keys 1000 --events-per-key 300 --repeat 1 \
     --skip-naive --step-keys "" --latency-seconds "$LATENCY_S" --latency-fractions 0.1,0.5 \
     --producer-cpus "$OTHER_CPUS" --json "$OUT/latency.json"
   # 4. End to end, the command line on the device and on the CPU.
   devices=$DEVICE
   [ "$DEVICE" != cpu ] && devices=$DEVICE,cpu
-  part e2e 200 "${PIN[@]}" "$DETECTOR_CPUS" "$PY" -m bench.e2e --bootstrap-servers "$BOOTSTRAP" \
+  part e2e 120 "${PIN[@]}" "$DETECTOR_CPUS" "$PY" -m bench.e2e --bootstrap-servers "$BOOTSTRAP" \
     --devices "$devices" --keys "$E2E_KEYS" --events-per-key "$E2E_EVENTS" --json "$OUT/e2e.json"
 fi
-kill $BROKER_PID 2>/dev/null
-wait $BROKER_PID 2>/dev/null
+if [ -n "$BROKER_PID" ]; then
+  kill $BROKER_PID 2>/dev/null
+  wait $BROKER_PID 2>/dev/null
+fi
 
 # Everything in one file, for bench/results/throughput-gpu.json.
 "$PY" - "$OUT" "${failed[*]:-}" <<'PY' 2>&1 | tee -a "$LOG"

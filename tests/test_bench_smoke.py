@@ -71,6 +71,7 @@ def test_quick_benchmark_produces_figures(
     assert 1.0 < mem["row_ratio"] < 1.25
     assert [s["keys"] for s in r["step"]] == [100, 1000]
     assert all(s["wave_steps_per_s"] > 0 and s["process_steps_per_s"] > 0 for s in r["step"])
+    assert all(s["to_device_seconds"] > 0 and s["to_host_seconds"] > 0 for s in r["step"])
     assert png.stat().st_size > 0
     table = capsys.readouterr().out
     assert "detector / bare" in table and "resident keys" in table
@@ -86,3 +87,44 @@ def test_cli_bench_command_is_registered() -> None:
     benchcmd.add_arguments(parser)
     args = parser.parse_args(["--quick", "--keys", "10"])
     assert args.quick and args.keys == 10
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_step_only_needs_no_broker(
+    cell: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "step.json"
+    argv = ["--step-only", "--quick", "--cell", cell, "--layers", "2", "--device", "cpu"]
+    rc = throughput.main([*argv, "--step-keys", "100,300", "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert "throughput" not in r and r["config"]["step_only"]
+    assert [s["keys"] for s in r["step"]] == [100, 300]
+    for s in r["step"]:
+        assert s["process_steps_per_s"] > 0 and s["wave_seconds"] > 0
+        assert s["to_device_seconds"] > 0 and s["to_host_seconds"] > 0
+        assert "gpu_bytes_per_key" not in s  # a CPU run has no GPU memory figure
+    table = capsys.readouterr().out
+    assert f"model {cell} hidden 64 x 2 layer(s); the engine alone on cpu" in table
+    assert "in ms" in table and "GPU B/key" in table
+
+
+def test_producer_cpus_take_tasksets_syntax() -> None:
+    assert throughput.parse_cpus("2-5,8") == {2, 3, 4, 5, 8}
+    assert throughput.parse_cpus("0,1") == {0, 1}
+    with pytest.raises(ValueError, match=r"--producer-cpus: must be like 2-15 or 0,1, got 'a-b'"):
+        throughput.parse_cpus("a-b")
+
+
+def test_e2e_runs_the_command_line(kafka_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    from bench import e2e
+
+    out = tmp_path / "e2e.json"
+    argv = ["--bootstrap-servers", kafka_broker.bootstrap_servers, "--devices", "cpu"]
+    sizes = ["--keys", "30", "--events-per-key", "20", "--max-poll-records", "50"]
+    rc = e2e.main([*argv, *sizes, "--json", str(out)])
+    assert rc == 0
+    [run] = json.loads(out.read_text())["runs"]
+    assert run["device"] == "cpu" and run["events"] == 600
+    assert run["events_per_s"] > 0 and run["exit_code"] == 0
+    assert "streamrnn run --config" in run["command"] and run["command"].endswith("--device cpu")
