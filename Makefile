@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 PYTEST_ARGS ?=
+QUALITY_ARGS ?=
 
-.PHONY: help install test test-fast demo lint format nab bench clean
+.PHONY: help install test test-fast demo lint format nab quality bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,6 +42,9 @@ format: install ## apply ruff's formatting and fixes
 
 nab: install ## detection quality on ../shared/data/nab-dev (see docs/quality.md)
 	$(BIN)/python -m bench.nab
+
+quality: install ## detection quality in one run: NAB, generated suite, clean streams (QUALITY_ARGS=--quick)
+	$(BIN)/python -m bench.quality $(QUALITY_ARGS)
 
 bench: install ## throughput, latency and memory on the embedded broker (see docs/benchmarks.md)
 	$(BIN)/python -m bench.throughput

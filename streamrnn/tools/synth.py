@@ -18,6 +18,12 @@ Anomalies (``Anomaly(kind, start_index, end_index)``, ``end_index`` exclusive as
 - ``stuck``: the value frozen at its last normal reading over a window,
 - ``drift``: an offset ramping linearly from 0 to 2-4 amplitudes over a window.
 
+:func:`apply_anomaly` writes one anomaly of a chosen size into a series; besides the four kinds
+above it knows ``variance`` (added noise), ``seasonal_shape`` (the cycle blended with itself half
+a period earlier) and ``missing`` (a burst of NaN readings): :data:`SUITE_KINDS`, which the quality
+benchmark's generated suite (:mod:`streamrnn.tools.suite`) injects at three intensities.
+:func:`seasonal_mix` gives clean sums of sines such as the two-period stream of issue 10.
+
 >>> s = generate("sensor", 2, 2000, interval_s=300, seed=7, anomalies_per_key=4)
 >>> sorted(a.kind for a in s[0].anomalies)
 ['drift', 'level_shift', 'spike', 'stuck']
@@ -43,12 +49,15 @@ from ..times import datetime64_texts, parse_iso
 
 __all__ = [
     "ANOMALY_KINDS",
+    "SUITE_KINDS",
     "Anomaly",
     "AnomalyKind",
     "StreamKind",
     "SyntheticSeries",
+    "apply_anomaly",
     "generate",
     "noisy_sine",
+    "seasonal_mix",
     "write_csvs",
     "write_windows_json",
 ]
@@ -56,6 +65,15 @@ __all__ = [
 StreamKind = Literal["sensor", "energy"]
 AnomalyKind = Literal["spike", "level_shift", "stuck", "drift"]
 ANOMALY_KINDS: tuple[str, ...] = ("spike", "level_shift", "stuck", "drift")
+SUITE_KINDS: tuple[str, ...] = (
+    "spike",
+    "level_shift",
+    "variance",
+    "stuck",
+    "drift",
+    "seasonal_shape",
+    "missing",
+)
 
 _DAY_S = 86400.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # low-discrepancy spread of key scales
@@ -128,6 +146,86 @@ def noisy_sine(
     t = np.arange(n, dtype=np.float64)
     rng = np.random.default_rng(seed)
     return offset + amplitude * np.sin(2.0 * np.pi * t / period) + noise * rng.standard_normal(n)
+
+
+def seasonal_mix(
+    n: int,
+    periods: Sequence[float],
+    amplitudes: Sequence[float],
+    noise: float = 0.05,
+    seed: int = 0,
+) -> np.ndarray:
+    """``sum_j amplitudes[j] * sin(2 pi t / periods[j]) + noise * N(0, 1)`` for t = 0..n-1.
+
+    Issue 10's clean stream is ``seasonal_mix(600, (96, 672), (1.0, 0.3), 0.05, seed)``.
+
+    >>> seasonal_mix(4, (4,), (2.0,), noise=0.0).round(6).tolist()
+    [0.0, 2.0, 0.0, -2.0]
+    """
+    if len(periods) != len(amplitudes):
+        raise ValueError(
+            f"periods and amplitudes must have the same length, got {len(periods)} and "
+            f"{len(amplitudes)}"
+        )
+    if any(p <= 0 for p in periods):
+        raise ValueError(f"periods must be > 0, got {list(periods)}")
+    t = np.arange(n, dtype=np.float64)  # (n,)
+    out = np.zeros(n)
+    for period, amp in zip(periods, amplitudes, strict=True):
+        out += amp * np.sin(2.0 * np.pi * t / period)
+    return out + noise * np.random.default_rng(seed).standard_normal(n)
+
+
+def apply_anomaly(
+    values: np.ndarray,
+    clean: np.ndarray,
+    kind: str,
+    start: int,
+    end: int,
+    magnitude: float = 0.0,
+    *,
+    period: int = 0,
+    rng: np.random.Generator | None = None,
+) -> None:
+    """Write one anomaly into ``values[start:end]`` (in place); ``clean`` is the series without it.
+
+    ``magnitude`` is in the series' units and means, per kind: ``spike`` the jump of the one
+    reading at ``start``; ``level_shift`` the offset; ``drift`` the offset reached at the last
+    step of a linear ramp; ``variance`` the standard deviation of added Gaussian noise (from
+    ``rng``); ``seasonal_shape`` the blend ``w`` in ``(1 - w) * clean[t] + w * clean[t - period //
+    2]`` (1 = the cycle moved half a ``period``, ``start >= period // 2``). ``stuck`` freezes the
+    value at the reading before ``start``; ``missing`` writes NaN. Neither uses ``magnitude``.
+    """
+    if not 0 <= start < end <= len(values):
+        raise ValueError(
+            f"anomaly rows must satisfy 0 <= start < end <= {len(values)}, got {start}, {end}"
+        )
+    if kind == "spike":
+        values[start] += magnitude
+    elif kind == "level_shift":
+        values[start:end] += magnitude
+    elif kind == "stuck":
+        values[start:end] = values[start - 1] if start > 0 else values[start]
+    elif kind == "drift":
+        values[start:end] += magnitude * (
+            np.arange(1, end - start + 1, dtype=np.float64) / (end - start)
+        )
+    elif kind == "variance":
+        if rng is None:
+            raise ValueError("variance: needs rng")
+        values[start:end] += magnitude * rng.standard_normal(end - start)
+    elif kind == "seasonal_shape":
+        half = period // 2
+        if half < 1 or start < half:
+            raise ValueError(
+                f"seasonal_shape: needs period >= 2 and start >= period // 2, got {period}, {start}"
+            )
+        earlier = clean[start - half : end - half]
+        values[start:end] += magnitude * (earlier - clean[start:end])
+    elif kind == "missing":
+        values[start:end] = np.nan
+    else:
+        raise ValueError(f"anomaly kind must be one of {SUITE_KINDS}, got {kind!r}")
 
 
 def _to_datetime64(start: datetime | str | np.datetime64) -> np.datetime64:
@@ -223,27 +321,17 @@ def _inject(
     positive: bool,
 ) -> None:
     sign = 1.0 if rng.random() < 0.5 else -1.0
+    mag = 0.0
     if kind == "spike":
         mag = rng.uniform(4.0, 8.0) * scale
         if positive and sign < 0:
             mag = min(mag, 0.8 * clean[start])
-        values[start] += sign * mag
-    elif kind == "level_shift":
-        mag = rng.uniform(1.5, 3.0) * scale
+    elif kind in ("level_shift", "drift"):
+        lo, hi = (1.5, 3.0) if kind == "level_shift" else (2.0, 4.0)
+        mag = rng.uniform(lo, hi) * scale
         if positive and sign < 0:
             mag = min(mag, 0.6 * float(clean[start:end].min()))
-        values[start:end] += sign * mag
-    elif kind == "stuck":
-        frozen = values[start - 1] if start > 0 else values[start]
-        values[start:end] = frozen
-    elif kind == "drift":
-        mag = rng.uniform(2.0, 4.0) * scale
-        if positive and sign < 0:
-            mag = min(mag, 0.6 * float(clean[start:end].min()))
-        ramp = np.arange(1, end - start + 1, dtype=np.float64) / (end - start)
-        values[start:end] += sign * mag * ramp
-    else:  # pragma: no cover - validated in generate()
-        raise ValueError(f"unknown anomaly kind {kind!r}")
+    apply_anomaly(values, clean, kind, start, end, sign * mag)
 
 
 def generate(
