@@ -269,6 +269,9 @@ class ServiceConfig:
     auto_offset_reset: OffsetReset = "earliest"
     # Bound on a graceful shutdown (finish the batch, flush, commit, checkpoint).
     shutdown_timeout_s: float = _rule(30.0, lambda x: x > 0, "must be > 0")
+    # /healthz fails after this long without progress (a poll settled) while work waits
+    # (unacknowledged polls, consumer lag, sends retried in a loop): a stuck pod gets restarted.
+    stall_timeout_s: float = _rule(300.0, lambda x: x > 0, "must be > 0")
     # How often to look for a changed model directory (0 = only on SIGHUP).
     model_poll_interval_s: float = _rule(10.0, _nonneg, "must be >= 0")
     # Longest pause between retries while the broker is unreachable.

@@ -38,6 +38,13 @@ EXPECTED_TYPES = {
     "streamrnn_alerts_published": "counter",
     "streamrnn_broker_errors": "counter",
     "streamrnn_ready": "gauge",
+    "streamrnn_live": "gauge",
+    "streamrnn_broker_reachable": "gauge",
+    "streamrnn_broker_data_loss": "counter",
+    "streamrnn_producers_renewed": "counter",
+    "streamrnn_dead_letters_cut": "counter",
+    "streamrnn_unsendable_messages": "counter",
+    "streamrnn_checkpoints_quarantined": "counter",
     "streamrnn_assigned_partitions": "gauge",
     "streamrnn_last_batch_timestamp_seconds": "gauge",
     # the alert sinks (streamrnn/alerting/metrics.py)
@@ -150,6 +157,7 @@ def test_labelled_children_exist_up_front(registry: CollectorRegistry, metrics: 
 
 def test_no_label_carries_a_key(registry: CollectorRegistry, metrics: Metrics):
     allowed = {"outcome", "reason", "topic", "partition", "version", "cell", "hidden", "device"}
+    allowed |= {"kind", "cause"}
     metrics.set_consumer_lag("readings", 0, 5)
     metrics.set_model("v1", "lstm", 64, "cpu")
     for fam in families(registry).values():

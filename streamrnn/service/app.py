@@ -70,6 +70,7 @@ from .publish import Publisher
 from .records import install as install_record_reader
 from .reload import ModelWatcher
 from .state_topic import KafkaCheckpoints
+from .topics import InputTopics, reset_partitions, topic_id
 from .validate import validate_service_config
 from .worker import EngineSettings, feature_names_for
 
@@ -145,8 +146,11 @@ class Detector:
         self.metrics.set_model(self.model_info.version, m.cell, m.hidden_size, str(self.device))
         # Alerts to Alertmanager and webhooks, off the hot path (secret files are read here).
         self.sinks = AlertSinks(config.alerts, self.metrics.sinks)
-        self.health = Health(max_poll_interval_ms=svc.max_poll_interval_ms)
+        self.health = Health(
+            max_poll_interval_ms=svc.max_poll_interval_ms, stall_timeout_s=svc.stall_timeout_s
+        )
         self.table = PartitionTable()
+        self.topics = InputTopics(svc.topics)
         self.store = CheckpointStore(self.local)
         self.watcher = ModelWatcher(
             svc.model or "",
@@ -162,6 +166,7 @@ class Detector:
         self.rebalancer: Rebalancer | None = None
         self.poller: Poller | None = None
         self._stop = threading.Event()
+        self._deadline: float | None = None  # time.monotonic() a shutdown must end by
         self._consumer: Any = None
         self._producer: Any = None
         self._http: MetricsServer | None = None
@@ -186,7 +191,12 @@ class Detector:
     # Lifecycle
 
     def stop(self) -> None:
-        """Ask the loop to finish its batch, flush, commit, checkpoint and leave the group."""
+        """Ask the loop to finish its batch, flush, commit, checkpoint and leave the group, all
+        within ``shutdown_timeout_s`` from now."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.svc.shutdown_timeout_s
+            if self.publisher is not None:
+                self.publisher.deadline = self._deadline
         self._stop.set()
 
     def reload_model(self) -> None:
@@ -203,6 +213,11 @@ class Detector:
         restore_signals = on_stop_signals(self._on_stop_signal, SIGHUP=self._on_hup)
         try:
             self._http = self._serve_http()
+            self.metrics.watch_health(
+                live=lambda: self.health.liveness()[0],
+                ready=lambda: self._ready()[0],
+                broker_reachable=self._broker_reachable,
+            )
             self._checked = self._preflight()
             self.sinks.start()
             engine = self._start_engine()
@@ -308,8 +323,13 @@ class Detector:
                 connected=self._consumer is not None,
                 assigned=len(self.table),
                 restoring=len(self.table.pending),
+                broker_reachable=self._broker_reachable(),
             )
         )
+
+    def _broker_reachable(self) -> bool:
+        consumer = self._consumer
+        return consumer is not None and clients.holds_connection(consumer)
 
     def _assignment_changed(self) -> None:
         self.metrics.set_assignment(list(self.table.parts))
@@ -392,6 +412,7 @@ class Detector:
             self.svc, engine, self.table, self.metrics, self.health, self._stop, sinks=self.sinks
         )
         publisher.producer, publisher.consumer = self._producer, self._consumer
+        publisher.renew_producer, publisher.deadline = self._renew_producer, self._deadline
         checkpoints = Checkpointer(
             self.svc.group, self.store, engine, self.table, self.metrics, drain=publisher.drain
         )
@@ -405,9 +426,24 @@ class Detector:
             commit=publisher.commit,
             on_change=self._assignment_changed,
             crashed=lambda: self._crashed,
+            auto_offset_reset=self.svc.auto_offset_reset,
         )
         self.publisher, self.checkpoints = publisher, checkpoints
         self.poller = Poller(self._consumer, self.svc.max_poll_records, self.metrics)
+
+    def _renew_producer(self) -> Any:
+        """A new producer in place of one the broker no longer knows (its idempotence state is
+        gone with the broker's data); what the old one holds is sent again by the publisher."""
+        old, self._producer = self._producer, None
+        try:
+            old.close(timeout=0)
+        except Exception as e:  # the old one is beyond use anyway
+            log.debug("closing the old producer: %r", e)
+        self._producer = clients.producer(self.svc, self.connection)
+        if self.store.kafka is not None:  # the state topic's checkpoints go through it too
+            self.store.kafka.producer = self._producer
+        self.metrics.producers_renewed.inc()
+        return self._producer
 
     # ------------------------------------------------------------------------------------------
     # The loop
@@ -445,7 +481,7 @@ class Detector:
             timeout_ms = min(ACK_POLL_MS, self.svc.poll_timeout_ms)
         else:
             timeout_ms = self.svc.poll_timeout_ms
-        records = self.poller.poll(timeout_ms)
+        records = self._drop_lost(self.poller.poll(timeout_ms))
         t0 = time.perf_counter()
         poll = split_poll(records)
         n = len(poll)
@@ -469,8 +505,89 @@ class Detector:
             self.checkpoints.write(list(self.table.parts))
         if now >= timers.lag:
             timers.lag = now + LAG_INTERVAL_S
-            self.poller.update_lag(self.table)
+            timers.total_lag = self.poller.update_lag(self.table)
+            self._check_topics()
+        self.health.waiting(self._work_waiting(timers.total_lag))
         return True
+
+    # ------------------------------------------------------------------------------------------
+    # Broker data loss (service/topics.py)
+
+    def _drop_lost(self, records: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+        """The poll without the partitions whose records start below the offset their state
+        includes: the broker lost their log and the consumer reset them. They start again
+        (:meth:`_data_loss`) and their records are fetched again."""
+        lost = []
+        for tp, recs in records.items():
+            part = self.table.get((tp.topic, tp.partition))
+            if (
+                recs
+                and part is not None
+                and part.offset is not None
+                and recs[0].offset < part.offset
+            ):
+                lost.append(((tp.topic, tp.partition), recs[0].offset, part.offset))
+        if not lost:
+            return records
+        detail = "; ".join(
+            f"{t}-{p} at offset {got}, its state includes {had}" for (t, p), got, had in lost
+        )
+        gone = {tp for tp, _, _ in lost}
+        self._data_loss(
+            sorted(gone), "offsets_reset", f"records below the state's offset ({detail})"
+        )
+        return {tp: recs for tp, recs in records.items() if (tp.topic, tp.partition) not in gone}
+
+    def _check_topics(self) -> None:
+        """Missing input topics logged; a changed partition count or topic ID handled."""
+        for tp in self.table.parts:
+            self.topics.seen(tp[0], self._consumer)
+        for topic, kind, detail in self.topics.check(self._consumer):
+            if kind == "partition_count":
+                self.metrics.data_loss.labels(kind=kind).inc()
+                log.error("broker data loss or a resized topic: %s; the group rebalances", detail)
+                continue
+            tid = topic_id(self._consumer, topic)
+            stale = [
+                tp for tp, p in self.table.parts.items() if tp[0] == topic and p.topic_id != tid
+            ]
+            self._data_loss(stale, kind, detail)
+
+    def _data_loss(self, tps: list[TP], kind: str, detail: str) -> None:
+        """The broker lost the data of ``tps``: a new producer (the broker forgot the old one's
+        id), their keys' state dropped, their offsets reset by auto_offset_reset, a fresh
+        checkpoint of each at once. Counted and logged."""
+        assert self.publisher is not None and self.engine is not None and self.checkpoints
+        self.metrics.data_loss.labels(kind=kind).inc()
+        tps = [tp for tp in tps if tp in self.table and tp not in self.table.pending]
+        log.error(
+            "broker data loss: %s. %s start again by auto_offset_reset=%s with their keys' "
+            "state dropped; a new producer replaces the old one",
+            detail,
+            fmt_tps(tps),
+            self.svc.auto_offset_reset,
+        )
+        self.publisher.producer = self._renew_producer()
+        if not self.publisher.drain() or not tps:
+            return
+        self.metrics.engine_stats(self.engine.forget(tps))
+        positions = reset_partitions(self._consumer, tps, self.svc.auto_offset_reset)
+        for tp, offset in positions.items():
+            self.table.restored(tp, offset, topic_id=topic_id(self._consumer, tp[0]))
+        log.info(
+            "%s", ", ".join(f"{t}-{p} from offset {o}" for (t, p), o in sorted(positions.items()))
+        )
+        self.checkpoints.write(tps, force=True)
+
+    def _work_waiting(self, lag: int) -> str:
+        """The work that waits, in words, for liveness ("" for none)."""
+        assert self.publisher is not None
+        pub, what = self.publisher, []
+        if pub.inflight or pub.unacked:
+            what.append(f"{len(pub.inflight) + len(pub.unacked)} poll(s) not settled")
+        if lag:
+            what.append(f"consumer lag {lag}")
+        return ", ".join(what)
 
     @property
     def _depth(self) -> int:
@@ -545,3 +662,4 @@ class _Timers:
 
     checkpoint: float
     lag: float = 0.0
+    total_lag: int = 0  # messages behind, over the assigned partitions (at the last refresh)

@@ -12,7 +12,18 @@ stale one only means more events are processed again.
 
 Framing (both stores): ``b"SRNCK1"``, a 4-byte big-endian header length, the header as JSON
 (``group``, ``topic``, ``partition``, ``offset``, ``written_at``, ``keys``, ``model``,
-``size``, ``sha256`` of the snapshot) and the snapshot bytes. Checkpoints written by streamrnn
+``topic_id`` and ``committed``: the topic's ID and the group's committed offset when it was
+written, null when unknown; ``size``, ``sha256`` of the snapshot) and the snapshot bytes.
+
+Identity: a checkpoint is applied only to the incarnation of the partition it was taken from
+(:meth:`Checkpointer.quarantined`). Where the broker gives topic IDs and the checkpoint holds
+one, they must be equal. Otherwise the checkpoint's offset must not lie beyond the partition's
+log end (where the broker has no topic IDs) and, when the checkpoint saw a committed offset,
+the group must still have one. A checkpoint that fails is logged, counted
+(``streamrnn_checkpoints_quarantined_total``), kept beside the store as
+``<topic>-<partition>.ckpt.quarantined``, and the partition starts fresh by
+``auto_offset_reset``. A corrupt local checkpoint is kept as ``.ckpt.corrupt`` before a new one
+replaces it. Checkpoints written by streamrnn
 0.1 also carry the offset in the snapshot's extra (``offsets``); it equals the header's and is
 not read.
 
@@ -174,7 +185,8 @@ class LocalCheckpoints:
         return path
 
     def load(self, topic: str, partition: int) -> Checkpoint | None:
-        """The partition's checkpoint, None when there is none; CheckpointError when corrupt."""
+        """The partition's checkpoint, None when there is none; CheckpointError when corrupt
+        (the file is kept as ``.ckpt.corrupt`` first: the next checkpoint replaces the name)."""
         path = self.path(topic, partition)
         try:
             raw = path.read_bytes()
@@ -182,9 +194,24 @@ class LocalCheckpoints:
             return None
         except OSError as e:
             raise CheckpointError(f"{path}: unreadable ({e})") from e
-        ck = decode(raw, where=str(path))
+        try:
+            ck = decode(raw, where=str(path))
+        except CheckpointError as e:
+            kept = self.set_aside(topic, partition, "corrupt")
+            raise CheckpointError(f"{e}; kept as {kept}" if kept else str(e)) from None
         ck.origin = "local"
         return ck
+
+    def set_aside(self, topic: str, partition: int, suffix: str) -> Path | None:
+        """Rename the partition's checkpoint to ``<name>.<suffix>`` (replacing an older one);
+        the path, or None when there was none or it could not be renamed."""
+        path = self.path(topic, partition)
+        kept = path.with_name(f"{path.name}.{suffix}")
+        try:
+            os.replace(path, kept)
+        except OSError:
+            return None
+        return kept
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,6 +224,7 @@ class CheckpointStore:
     def __init__(self, local: LocalCheckpoints, kafka: KafkaCheckpoints | None = None) -> None:
         self.local = local
         self.kafka = kafka
+        self.corrupt = 0  # corrupt local checkpoints met (and kept) so far
 
     @property
     def group(self) -> str:
@@ -227,6 +255,7 @@ class CheckpointStore:
             try:
                 ck = self.local.load(t, p)
             except CheckpointError as e:
+                self.corrupt += 1
                 log.error("%s; ignoring it", e)
                 continue
             if ck is not None and self._matches(ck, t, p):
@@ -287,6 +316,7 @@ class Checkpointer:
         self.table = table
         self.metrics = metrics
         self.drain = drain
+        self._corrupt_seen = store.corrupt
 
     def write(self, tps: Iterable[TP], *, force: bool = False) -> bool:
         """Checkpoint the partitions whose state changed (all given ones with ``force``)."""
@@ -308,8 +338,18 @@ class Checkpointer:
                 ]
             )
             version = self.engine.stats.model_version
-            for (tp, _, offset), (data, n_keys) in zip(todo, snaps, strict=True):
-                framed = encode(self.group, tp[0], tp[1], offset, data, keys=n_keys, model=version)
+            for (tp, part, offset), (data, n_keys) in zip(todo, snaps, strict=True):
+                framed = encode(
+                    self.group,
+                    tp[0],
+                    tp[1],
+                    offset,
+                    data,
+                    keys=n_keys,
+                    model=version,
+                    topic_id=part.topic_id,
+                    committed=part.committed,
+                )
                 items.append((tp[0], tp[1], framed))
         ok = True
         if items:
@@ -326,8 +366,33 @@ class Checkpointer:
         return ok
 
     def load(self, tps: Iterable[TP]) -> dict[TP, Checkpoint]:
-        """The newest checkpoint of each of ``tps`` that has one."""
-        return self.store.load_many(tps)
+        """The newest checkpoint of each of ``tps`` that has one (corrupt ones counted)."""
+        found = self.store.load_many(tps)
+        if self.store.corrupt > self._corrupt_seen:
+            n, self._corrupt_seen = self.store.corrupt - self._corrupt_seen, self.store.corrupt
+            self.metrics.checkpoints_quarantined.labels(cause="corrupt").inc(n)
+        return found
+
+    def quarantined(self, tp: TP, ck: Checkpoint, topic_id: str | None, consumer: Any) -> bool:
+        """Whether ``ck`` belongs to another incarnation of ``tp`` (module docstring): then it is
+        logged, counted, kept aside as ``.quarantined`` and not applied. ``topic_id`` is the
+        topic's ID now (None: the broker gives none); ``consumer`` answers the log end and the
+        group's committed offset when there is no ID to compare."""
+        cause, detail = mismatch(ck, topic_id, consumer)
+        if cause is None:
+            return False
+        self.metrics.checkpoints_quarantined.labels(cause=cause).inc()
+        kept = self.store.local.set_aside(tp[0], tp[1], "quarantined")
+        log.error(
+            "the %s checkpoint of %s-%d at offset %d belongs to another incarnation of the "
+            "partition (%s); not applying it%s",
+            ck.origin,
+            *tp,
+            ck.offset,
+            detail,
+            f", kept as {kept}" if kept else "",
+        )
+        return True
 
     def restore(self, tp: TP, ck: Checkpoint) -> int | None:
         """Restore ``ck`` into the engine; returns the offset to seek ``tp`` to, or None when the
@@ -360,3 +425,23 @@ class Checkpointer:
             "" if version == self.engine.stats.model_version else f" by model {version}",
         )
         return ck.offset
+
+
+def mismatch(ck: Checkpoint, topic_id: str | None, consumer: Any) -> tuple[str | None, str]:
+    """Why ``ck`` does not belong to its partition as it is now: ``(cause, detail)``, or
+    ``(None, "")`` when it does. Causes are those of ``streamrnn_checkpoints_quarantined_total``."""
+    from kafka import TopicPartition
+
+    theirs = ck.header.get("topic_id")
+    if theirs is not None and topic_id is not None:
+        if theirs != topic_id:
+            return "topic_id", f"it was taken of topic ID {theirs}, the topic's ID is {topic_id}"
+        return None, ""
+    tp = TopicPartition(ck.topic, ck.partition)
+    if topic_id is None:  # no IDs from this broker: its log end is right (unlike Tansu's)
+        end = consumer.end_offsets([tp]).get(tp)
+        if end is not None and ck.offset > end:
+            return "offsets", f"its offset is beyond the log end {end}"
+    if ck.header.get("committed") is not None and consumer.committed(tp) is None:
+        return "committed_offset", "the group has no committed offset, the checkpoint saw one"
+    return None, ""

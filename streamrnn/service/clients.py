@@ -30,6 +30,7 @@ __all__ = [
     "create_topics",
     "ensure_output_topics",
     "group_consumer",
+    "holds_connection",
     "producer",
     "reader",
 ]
@@ -150,6 +151,9 @@ def group_consumer(svc: ServiceConfig, conn: Connection) -> Any:
             client_id=f"streamrnn-{svc.group}",
             group_id=svc.group,
             enable_auto_commit=False,
+            # A missing input topic is waited for (service/topics.py): created by a consumer, it
+            # would get the broker's default partition count.
+            allow_auto_create_topics=False,
             auto_offset_reset=svc.auto_offset_reset,
             max_poll_records=svc.max_poll_records,
             fetch_max_wait_ms=svc.fetch_max_wait_ms,
@@ -161,6 +165,16 @@ def group_consumer(svc: ServiceConfig, conn: Connection) -> Any:
             retry_backoff_ms=svc.client_retry_backoff_ms,
         )
     )
+
+
+def holds_connection(client: Any) -> bool:
+    """Whether a kafka-python client holds a ready connection to some broker. kafka-python has
+    no public call for it; its network client's connection table says."""
+    net = getattr(client, "_client", None)
+    conns = getattr(net, "_conns", None)
+    if conns is None:
+        return True  # not a kafka-python client we know: do not claim it is cut off
+    return any(conn.connected() for conn in list(conns.values()))
 
 
 def reader(conn: Connection, client_id: str, *, timeout_s: float, **own: Any) -> Any:

@@ -85,10 +85,12 @@ class Poller:
         self.failures = 0
         return records
 
-    def update_lag(self, table: PartitionTable) -> None:
-        """Lag from the fetch responses' high watermarks (free; no ListOffsets round trip)."""
+    def update_lag(self, table: PartitionTable) -> int:
+        """Lag from the fetch responses' high watermarks (free; no ListOffsets round trip);
+        returns the total over the assigned partitions."""
         from kafka import TopicPartition
 
+        total = 0
         for (t, p), part in list(table.parts.items()):
             if part.offset is None:
                 continue
@@ -97,4 +99,7 @@ class Poller:
             except Exception:  # not assigned any more (a rebalance in between)
                 continue
             if hw is not None:
-                self.metrics.set_consumer_lag(t, p, max(0, hw - part.offset))
+                lag = max(0, hw - part.offset)
+                total += lag
+                self.metrics.set_consumer_lag(t, p, lag)
+        return total

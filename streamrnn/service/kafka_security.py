@@ -64,6 +64,7 @@ _OWNED_BY_ROLE: dict[str, dict[str, str]] = {
         "group_id": "set in service.group",
         "enable_auto_commit": "streamrnn commits offsets only after their alerts are acknowledged",
         "auto_offset_reset": "set in service.auto_offset_reset",
+        "allow_auto_create_topics": "streamrnn waits for a missing input topic, never creates it",
         "max_poll_records": "set in service.max_poll_records",
         "fetch_max_wait_ms": "set in service.fetch_max_wait_ms",
         "max_partition_fetch_bytes": "set in service.max_partition_fetch_bytes",

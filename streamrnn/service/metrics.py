@@ -25,6 +25,8 @@ from numpy.typing import ArrayLike
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..alerting.metrics import SinkMetrics
+from .topics import DATA_LOSS_KINDS
+from .unsendable import FATAL_REASONS
 
 __all__ = [
     "ANOMALY_SCORE_BUCKETS",
@@ -54,6 +56,8 @@ REJECT_REASONS: tuple[str, ...] = (
 EVENT_OUTCOMES: tuple[str, ...] = ("processed", "rejected")
 CHECKPOINT_OUTCOMES: tuple[str, ...] = ("ok", "error")
 RELOAD_OUTCOMES: tuple[str, ...] = ("ok", "refused", "error")
+#: Why a stored checkpoint was not applied (``streamrnn_checkpoints_quarantined_total``).
+QUARANTINE_CAUSES: tuple[str, ...] = ("topic_id", "offsets", "committed_offset", "corrupt")
 
 #: Seconds one poll-decode-score-publish batch takes: 1 ms .. 10 s.
 BATCH_DURATION_BUCKETS: tuple[float, ...] = (
@@ -127,7 +131,15 @@ class Metrics:
             self.checkpoints.labels(outcome=outcome)
         for outcome in RELOAD_OUTCOMES:
             self.model_reloads.labels(outcome=outcome)
+        for kind in DATA_LOSS_KINDS:
+            self.data_loss.labels(kind=kind)
+        for cause in QUARANTINE_CAUSES:
+            self.checkpoints_quarantined.labels(cause=cause)
+        for reason in FATAL_REASONS:
+            for outcome in ("dead_lettered", "dropped"):
+                self.unsendable_messages.labels(reason=reason, outcome=outcome)
         self.ready.set(0)
+        self.live.set(1)
 
     def _define_events(self, r: CollectorRegistry) -> None:
         """The events metrics."""
@@ -158,6 +170,20 @@ class Metrics:
         self.alerts_published = Counter(
             "streamrnn_alerts_published_total",
             "Alert messages published to the alerts topic.",
+            registry=r,
+        )
+        self.dead_letters_cut = Counter(
+            "streamrnn_dead_letters_cut_total",
+            "Dead letters whose value was cut to fit the producer's max_request_size (headers "
+            "streamrnn.truncated and streamrnn.original_size say so).",
+            registry=r,
+        )
+        self.unsendable_messages = Counter(
+            "streamrnn_unsendable_messages_total",
+            "Messages the broker refused for good (too large, invalid), by reason and what "
+            "became of them: dead_lettered (a shorter dead letter in their place) or dropped "
+            "(even a dead letter without a value was refused).",
+            ["reason", "outcome"],
             registry=r,
         )
         self.broker_errors = Counter(
@@ -208,7 +234,32 @@ class Metrics:
         )
         self.ready = Gauge(
             "streamrnn_ready",
-            "1 when the service is ready (model loaded, state restored, consuming), else 0.",
+            "1 when the service is ready (model loaded, broker reachable, state restored, "
+            "consuming), else 0: what /readyz answers.",
+            registry=r,
+        )
+        self.live = Gauge(
+            "streamrnn_live",
+            "1 while the loop iterates and makes progress whenever work waits, else 0: what "
+            "/healthz answers.",
+            registry=r,
+        )
+        self.data_loss = Counter(
+            "streamrnn_broker_data_loss_total",
+            "Times the broker was found to have lost data of an input topic, by kind: "
+            "offsets_reset (records below the state's offset), topic_id (the topic was created "
+            "again), partition_count (its partition count changed).",
+            ["kind"],
+            registry=r,
+        )
+        self.producers_renewed = Counter(
+            "streamrnn_producers_renewed_total",
+            "Producers replaced because the broker no longer knew their producer id.",
+            registry=r,
+        )
+        self.broker_reachable = Gauge(
+            "streamrnn_broker_reachable",
+            "1 while the Kafka clients hold a connection to a broker, else 0.",
             registry=r,
         )
 
@@ -239,6 +290,14 @@ class Metrics:
             "streamrnn_checkpoints_total",
             "Checkpoints of the state store, by outcome.",
             ["outcome"],
+            registry=r,
+        )
+        self.checkpoints_quarantined = Counter(
+            "streamrnn_checkpoints_quarantined_total",
+            "Checkpoints not applied because they belong to another incarnation of their "
+            "partition (topic ID, offsets or the group's committed offset disagree), or are "
+            "corrupt; the partition started fresh by auto_offset_reset.",
+            ["cause"],
             registry=r,
         )
 
@@ -355,6 +414,23 @@ class Metrics:
 
     def set_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)
+
+    def watch_health(
+        self,
+        live: Callable[[], bool],
+        ready: Callable[[], bool],
+        broker_reachable: Callable[[], bool],
+    ) -> None:
+        """``streamrnn_live``, ``streamrnn_ready`` and ``streamrnn_broker_reachable`` from now on
+        read at each scrape (so a stuck loop still shows as not live)."""
+        self.live.set_function(lambda: 1.0 if live() else 0.0)
+        self.ready.set_function(lambda: 1.0 if ready() else 0.0)
+        self.broker_reachable.set_function(lambda: 1.0 if broker_reachable() else 0.0)
+
+    def unsendable(self, reason: str, *, dead_lettered: bool) -> None:
+        """A message the broker refused for good: replaced by a dead letter, or dropped."""
+        outcome = "dead_lettered" if dead_lettered else "dropped"
+        self.unsendable_messages.labels(reason=reason, outcome=outcome).inc()
 
     def _checkpoint_age(self) -> float:
         with self._lock:

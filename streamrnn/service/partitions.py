@@ -11,7 +11,10 @@ checkpointed and their keys dropped; a lost partition (membership expired) is dr
 Newly assigned partitions are paused, and right after that ``poll`` returns :meth:`Rebalancer.
 restore_pending` restores each from its checkpoint and seeks it to the checkpoint's offset (a
 partition without one starts from its committed offset with fresh state and gets an empty
-checkpoint at once), then resumes them.
+checkpoint at once), then resumes them. A checkpoint of another incarnation of the partition
+(:meth:`~.checkpoint.Checkpointer.mismatch`: another topic ID, an offset beyond the log, or the
+group's committed offsets gone) is quarantined, and the partition starts fresh by
+``auto_offset_reset``.
 
 Everything that reads or changes the state first drains what is in flight, so the state it sees
 is the committed offsets' state: the table is handed the publisher's ``drain``.
@@ -24,9 +27,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpoint, Checkpointer
 from .engine_process import EngineClient
 from .metrics import Metrics
+from .topics import reset_partitions, topic_id
 
 __all__ = ["Partition", "PartitionTable", "Rebalancer", "fmt_tps", "listener"]
 
@@ -44,6 +48,7 @@ class Partition:
     dirty: bool = False  # events since the last checkpoint
     unsafe: bool = False  # outputs of a batch were never acknowledged: never checkpoint again
     committed: int | None = None  # the last offset this instance committed
+    topic_id: str | None = None  # the topic's ID when the state was restored (None: unknown)
 
 
 class PartitionTable:
@@ -84,11 +89,12 @@ class PartitionTable:
         self.pending.difference_update(tps)
         return [tp for tp in tps if self.parts.pop(tp, None) is not None]
 
-    def restored(self, tp: TP, offset: int) -> None:
+    def restored(self, tp: TP, offset: int, *, topic_id: str | None = None) -> None:
         """``tp``'s state is restored and reflects the events before ``offset``. Committing the
         offset the state starts from would add nothing (or move back), so it counts as done."""
         part = self.parts[tp]
         part.offset, part.committed, part.restored, part.dirty = offset, offset, True, False
+        part.topic_id = topic_id
         self.pending.discard(tp)
 
     def advance(self, next_offsets: dict[TP, int]) -> None:
@@ -159,7 +165,9 @@ class Rebalancer:
         commit: Callable[[dict[TP, int]], None],
         on_change: Callable[[], None],
         crashed: Callable[[], bool],
+        auto_offset_reset: str = "earliest",
     ) -> None:
+        self.auto_offset_reset = auto_offset_reset
         self.table = table
         self.consumer = consumer
         self.engine = engine
@@ -198,6 +206,28 @@ class Rebalancer:
         log.info("partitions assigned: %s", fmt_tps(tps))
         self.on_change()
 
+    def _start(self, tp: TP, ck: Checkpoint | None, tid: str | None) -> tuple[int, bool]:
+        """Where ``tp`` starts, and whether from its checkpoint ``ck`` (restored and sought)."""
+        from kafka import TopicPartition
+
+        if ck is not None and self.checkpoints.quarantined(tp, ck, tid, self.consumer):
+            return self._reset(tp), False
+        offset = self.checkpoints.restore(tp, ck) if ck is not None else None
+        if offset is not None:
+            self.consumer.seek(TopicPartition(*tp), offset)
+            return offset, True
+        # The committed offset, else auto_offset_reset.
+        offset = self.consumer.position(TopicPartition(*tp), timeout_ms=30_000)
+        log.info("no checkpoint for %s-%d: fresh state from offset %d", *tp, offset)
+        return offset, False
+
+    def _reset(self, tp: TP) -> int:
+        """Where a partition whose checkpoint was quarantined starts: by auto_offset_reset, not
+        from the group's committed offset (which belongs with the stale checkpoint)."""
+        offset = reset_partitions(self.consumer, [tp], self.auto_offset_reset)[tp]
+        log.warning("%s-%d starts with fresh state from offset %d (auto_offset_reset)", *tp, offset)
+        return offset
+
     def _forget(self, tps: list[TP]) -> None:
         """Drop what is known of ``tps``, and their keys' state."""
         gone = self.table.forget(tps)
@@ -215,16 +245,11 @@ class Rebalancer:
         found = self.checkpoints.load(tps)
         fresh: list[TP] = []
         for tp in tps:
-            ck = found.get(tp)
-            offset = self.checkpoints.restore(tp, ck) if ck is not None else None
-            if offset is not None:
-                self.consumer.seek(TopicPartition(*tp), offset)
-            else:
-                # The committed offset, else auto_offset_reset.
-                offset = self.consumer.position(TopicPartition(*tp), timeout_ms=30_000)
+            tid = topic_id(self.consumer, tp[0])
+            offset, restored = self._start(tp, found.get(tp), tid)
+            if not restored:
                 fresh.append(tp)
-                log.info("no checkpoint for %s-%d: fresh state from offset %d", *tp, offset)
-            self.table.restored(tp, offset)
+            self.table.restored(tp, offset, topic_id=tid)
         if fresh:
             # An empty checkpoint at once: a crash before the first periodic one skips nothing.
             self.checkpoints.write(fresh, force=True)

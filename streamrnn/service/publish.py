@@ -10,9 +10,14 @@
 Only once the broker acknowledged every message of a poll (acks=all) are its offsets moved and
 committed: nothing is lost. Sends are not awaited one poll at a time: the loop goes on polling
 and :meth:`Publisher.settle` commits each poll, oldest first, as its acknowledgements arrive.
-Failed sends are sent again with exponential backoff; while stopping, outputs that are still not
-acknowledged after ``shutdown_timeout_s`` are abandoned: no partition with events in hand is
-committed or checkpointed again (the next start processes them again).
+Failed sends are classified (:mod:`.unsendable`): those that may succeed later are sent again
+with exponential backoff; a message that can never be sent as it is (too large, invalid) is
+replaced at once (a dead letter cut to fit, an alert or score message dead-lettered) and
+counted, so poison never stalls a partition; a producer whose idempotence state the broker lost
+is replaced (``renew_producer``). Dead letters are cut to the producer's ``max_request_size``
+before their first send. While stopping, outputs that are still not acknowledged by the
+shutdown deadline are abandoned: no partition with events in hand is committed or checkpointed
+again (the next start processes them again).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +38,7 @@ from .engine_process import EngineClient
 from .health import Health
 from .metrics import Metrics
 from .partitions import PartitionTable
+from .unsendable import classify, cut, max_request_size, remedy
 from .worker import Outcome
 
 __all__ = ["Message", "Publisher"]
@@ -41,6 +48,21 @@ log = logging.getLogger(__name__)
 TP = tuple[str, int]
 #: One message to send: (topic, key, value, headers).
 Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
+
+class Refused:
+    """The future of a send that raised at once (a record the producer will never take)."""
+
+    is_done = True
+
+    def __init__(self, error: BaseException) -> None:
+        self.exception = error
+
+    def succeeded(self) -> bool:
+        return False
+
+    def failed(self) -> bool:
+        return True
 
 
 @dataclass
@@ -89,6 +111,10 @@ class Publisher:
         self.stop = stop
         self.producer: Any = None
         self.consumer: Any = None
+        # Builds a new producer in place of one the broker no longer knows (set by the Detector).
+        self.renew_producer: Callable[[], Any] | None = None
+        # time.monotonic() by which a stopping service gives up on unacknowledged outputs.
+        self.deadline: float | None = None
         self.inflight: deque[InFlight] = deque()
         self.unacked: deque[Unacked] = deque()
         self.abandoned = False  # a batch's outputs were never acknowledged: leave, no commit
@@ -113,7 +139,8 @@ class Publisher:
         out = self.engine.result()
         self.metrics.engine_stats(out.stats)
         svc = self.svc
-        messages: list[Message] = [(svc.dlq_topic, *m) for m in out.dead_letters]
+        limit = max_request_size(self.producer)
+        messages: list[Message] = [self._fit((svc.dlq_topic, *m), limit) for m in out.dead_letters]
         messages.extend((svc.alerts_topic, k, v, None) for k, v in out.alerts)
         if svc.scores_topic:
             messages.extend((svc.scores_topic, k, v, None) for k, v in out.scores)
@@ -124,15 +151,29 @@ class Publisher:
         self.unacked.append(Unacked(sent, out, reasons, job.next_offsets, seconds))
         return True
 
+    def _fit(self, msg: Message, limit: int) -> Message:
+        """A dead letter cut to the producer's limit (counted), else as it is."""
+        fitted = cut(msg, limit)
+        if fitted is not msg:
+            self.metrics.dead_letters_cut.inc()
+            log.warning(
+                "dead letter of %s cut to fit max_request_size %d (was %d bytes)",
+                _source(msg),
+                limit,
+                len(msg[2] or b""),
+            )
+        return fitted
+
     def _send(self, msg: Message) -> Any:
-        """The send's future; None when the send raised (retried when the poll settles)."""
+        """The send's future; :class:`Refused` when the send raised (handled when the poll
+        settles: sent again, or replaced when it can never succeed)."""
         from kafka.errors import KafkaError
 
         topic, key, value, headers = msg
         try:
             return self.producer.send(topic, key=key, value=value, headers=headers)
-        except KafkaError:
-            return None
+        except KafkaError as e:
+            return Refused(e)
 
     def drain(self) -> bool:
         """Publish and commit every poll in flight (before the state is read or changed)."""
@@ -151,22 +192,20 @@ class Publisher:
         while self.unacked:
             t0 = time.perf_counter()
             u = self.unacked[0]
-            done = all(f is not None and f.is_done for _, f in u.sent)
+            done = all(f.is_done for _, f in u.sent)
             if not done and not wait:
                 return True
             if not done:
                 self._flush()
-            failed = [m for m, f in u.sent if f is None or not (f.is_done and f.succeeded())]
+            failed = [(m, _error(f)) for m, f in u.sent if not (f.is_done and f.succeeded())]
             if failed:
-                self.metrics.broker_errors.inc()
-                error = next((f.exception for _, f in u.sent if f is not None and f.failed()), None)
                 log.warning(
                     "%d of %d message(s) not acknowledged (%r); sending them again",
                     len(failed),
                     len(u.sent),
-                    error,
+                    failed[0][1],
                 )
-                if not self.publish(failed):
+                if not self.publish(self._handle_failures(failed)):
                     self._abandon()
                     return False
             self.unacked.popleft()
@@ -178,14 +217,14 @@ class Publisher:
         from kafka.errors import KafkaError
 
         try:
-            self.producer.flush(timeout=self._flush_timeout(None))
+            self.producer.flush(timeout=self._flush_timeout())
         except KafkaError as e:
             log.debug("flush: %r", e)
 
-    def _flush_timeout(self, deadline: float | None) -> float:
-        if deadline is None:
+    def _flush_timeout(self) -> float:
+        if self.deadline is None:
             return max(30.0, self.svc.retry_backoff_max_s)
-        return max(0.1, deadline - time.monotonic())
+        return max(0.1, self.deadline - time.monotonic())
 
     def _abandon(self) -> None:
         """Outputs were never acknowledged while stopping: no partition with events in hand is
@@ -217,69 +256,107 @@ class Publisher:
         m.engine_seconds.inc(out.seconds)
         self.table.advance(u.next_offsets)
         self.commit(u.next_offsets, wait=False)
+        self.health.progress()
         m.batch_done(u.seconds + seconds)
 
     def publish(self, messages: list[Message]) -> bool:
-        """Send and wait for every acknowledgement; failed sends are retried with backoff.
+        """Send and wait for every acknowledgement; failed sends are retried with backoff, and
+        messages that can never be sent are replaced (:meth:`_handle_failures`).
 
-        Returns False only when stopping and ``shutdown_timeout_s`` ran out first."""
-        if not messages:
-            return True
+        Returns False only when stopping and the shutdown deadline passed first."""
         pending = messages
         backoff = Backoff(self.svc.retry_backoff_max_s)
-        deadline: float | None = None
-        while True:
-            failed, error = self._send_and_flush(pending, deadline)
+        while pending:
+            failed = self._send_and_flush(pending)
             if not failed:
-                return True
-            self.metrics.broker_errors.inc()
-            self.health.tick()
-            if self.stop.is_set():
-                if deadline is None:
-                    deadline = time.monotonic() + self.svc.shutdown_timeout_s
-                if time.monotonic() >= deadline:
-                    log.error(
-                        "%d message(s) not acknowledged before the shutdown timeout (%r); "
-                        "not committing: the next start processes them again",
-                        len(failed),
-                        error,
-                    )
-                    return False
+                break
+            retriable = sum(1 for _, e in failed if classify(e) == "retriable")
+            pending = self._handle_failures(failed)
+            if not retriable:
+                continue  # replaced or a new producer: no reason to wait
+            self.health.retrying(True)
+            self.health.tick()  # waiting on purpose: liveness judges the progress instead
+            if self._past_deadline():
+                log.error(
+                    "%d message(s) not acknowledged before the shutdown timeout (%r); "
+                    "not committing: the next start processes them again",
+                    len(pending),
+                    failed[0][1],
+                )
+                self.health.retrying(False)
+                return False
             delay = backoff.next()
             log.warning(
-                "%d of %d message(s) not acknowledged (%r); retrying in %.1f s",
-                len(failed),
-                len(pending),
-                error,
+                "%d message(s) not acknowledged (%r); retrying in %.1f s",
+                retriable,
+                failed[0][1],
                 delay,
             )
             if self.stop.is_set():
-                time.sleep(min(delay, max(0.0, (deadline or 0.0) - time.monotonic())))
+                time.sleep(min(delay, max(0.0, self._deadline() - time.monotonic())))
             else:
                 self.stop.wait(delay)
-            pending = failed
+        self.health.retrying(False)
+        return True
+
+    def _deadline(self) -> float:
+        """The shutdown deadline (set from now + shutdown_timeout_s if the Detector has not)."""
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.svc.shutdown_timeout_s
+        return self.deadline
+
+    def _past_deadline(self) -> bool:
+        return self.stop.is_set() and time.monotonic() >= self._deadline()
+
+    def _handle_failures(self, failed: list[tuple[Message, BaseException | None]]) -> list[Message]:
+        """What to send next for each failed message: retriable ones as they are, fatal ones
+        replaced (:func:`.unsendable.remedy`, counted; dropped only when even a dead letter
+        without a value is refused), all of them through a new producer when the broker no
+        longer knows this one's id."""
+        out: list[Message] = []
+        renew = False
+        limit = max_request_size(self.producer)
+        for msg, error in failed:
+            kind = classify(error)
+            self.metrics.broker_errors.inc()
+            if kind != "fatal":
+                renew = renew or kind == "producer"
+                out.append(msg)
+                continue
+            fix = remedy(msg, error, dlq_topic=self.svc.dlq_topic, limit=limit)
+            if fix.message is None:
+                self.metrics.unsendable(fix.reason, dead_lettered=False)
+                log.error(
+                    "dead letter of %s refused even without its value (%r); dropping it",
+                    _source(msg),
+                    error,
+                )
+                continue
+            self.metrics.unsendable(fix.reason, dead_lettered=True)
+            log.warning(
+                "%s refused for good (%r): sending %s in its place",
+                f"message to {msg[0]}" if msg[0] != self.svc.dlq_topic else "dead letter",
+                error,
+                "a shorter dead letter" if msg[0] == self.svc.dlq_topic else "a dead letter",
+            )
+            out.append(fix.message)
+        if renew and self.renew_producer is not None:
+            log.warning("the broker no longer knows this producer's id: starting a new producer")
+            self.producer = self.renew_producer()
+        return out
 
     def _send_and_flush(
-        self, messages: list[Message], deadline: float | None
-    ) -> tuple[list[Message], BaseException | None]:
-        """Send ``messages`` and flush; returns those not acknowledged and the first error."""
+        self, messages: list[Message]
+    ) -> list[tuple[Message, BaseException | None]]:
+        """Send ``messages`` and flush; returns those not acknowledged, each with its error."""
         from kafka.errors import KafkaError
 
-        futures: list[Any] = []
-        error: BaseException | None = None
+        futures = [self._send(m) for m in messages]
         try:
-            for topic, key, value, headers in messages:
-                futures.append(self.producer.send(topic, key=key, value=value, headers=headers))
-            self.producer.flush(timeout=self._flush_timeout(deadline))
+            self.producer.flush(timeout=self._flush_timeout())
         except KafkaError as e:
-            error = e
-        failed = [
-            m for m, f in zip(messages, futures, strict=False) if not (f.is_done and f.succeeded())
-        ]
-        failed += messages[len(futures) :]
-        if error is None:
-            error = next((f.exception for f in futures if f.is_done and f.failed()), None)
-        return failed, error
+            log.debug("flush: %r", e)
+        return [(m, _error(f)) for m, f in zip(messages, futures, strict=True) if not f.succeeded()]
 
     def commit(self, offsets: dict[TP, int], timeout_s: float = 30.0, *, wait: bool = True) -> None:
         """Commit ``offsets`` of assigned partitions. With ``wait=False`` (after each batch) the
@@ -330,3 +407,22 @@ class Publisher:
                 *old,
                 *new,
             )
+
+
+def _error(future: Any) -> BaseException | None:
+    """The error of a failed (or unfinished) send's future."""
+    if future.is_done and future.failed():
+        return future.exception
+    return None
+
+
+def _source(msg: Message) -> str:
+    """``topic-partition@offset`` of a dead letter's source, from its headers."""
+    h = dict(msg[3] or [])
+    try:
+        return (
+            f"{h['streamrnn.source.topic'].decode()}-{h['streamrnn.source.partition'].decode()}"
+            f"@{h['streamrnn.source.offset'].decode()}"
+        )
+    except (KeyError, UnicodeDecodeError):
+        return f"a message to {msg[0]}"

@@ -1,0 +1,83 @@
+"""The broker killed and restarted empty on the same port, and the broker paused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from faulttools import partition_count, scored
+from servicetools import (
+    ThreadedDetector,
+    event_json,
+    make_events,
+    model_dir,
+    produce,
+    service_config,
+    wait_for,
+)
+
+from streamrnn.tools.broker import EmbeddedBroker, create_topics
+
+pytestmark = [pytest.mark.faults, pytest.mark.kafka, pytest.mark.slow]
+
+SHUTDOWN_S = 10.0
+
+
+def test_the_broker_loses_its_data_and_the_detector_carries_on(
+    own_broker: EmbeddedBroker, topic_name: str, tmp_path: Path
+) -> None:
+    bs, port = own_broker.bootstrap_servers, own_broker.port
+    scores = f"{topic_name}.scores"
+    topics = {topic_name: 3, scores: 1, f"{topic_name}.alerts": 1, f"{topic_name}.dlq": 1}
+    create_topics(bs, topics)
+    before = make_events(6, 150, seed=51)
+    produce(bs, topic_name, [(e.key.encode(), event_json(e)) for e in before])
+    raw = service_config(
+        bs,
+        topic_name,
+        f"g-{topic_name}",
+        model_dir(),
+        tmp_path / "state",
+        scores_topic=scores,
+        shutdown_timeout_s=SHUTDOWN_S,
+    )
+    det = ThreadedDetector(raw)
+    second = EmbeddedBroker("127.0.0.1", port, log_path=tmp_path / "tansu-2.log")
+    try:
+        processed = lambda: det.value("streamrnn_events_total", {"outcome": "processed"})  # noqa: E731
+        wait_for(lambda: processed() == len(before), 60, "the first events scored")
+        # kill -9, and the same port again with nothing in it (memory storage).
+        os.kill(own_broker.pid or 0, signal.SIGKILL)
+        own_broker.stop()
+        time.sleep(2.0)  # the detector meets a dead broker, then an empty one
+        second.start()
+        time.sleep(3.0)  # long enough for the consumer to ask for the missing topic
+        create_topics(bs, topics)
+        after = make_events(6, 300, seed=53)
+        t0 = time.monotonic()
+        produce(bs, topic_name, [(e.key.encode(), event_json(e)) for e in after])
+        got = scored(bs, scores, len(after), 150, "every event after the data loss scored")
+        seconds = time.monotonic() - t0
+        lost = sum(
+            det.value("streamrnn_broker_data_loss_total", {"kind": k})
+            for k in ("offsets_reset", "topic_id")
+        )
+        renewed = det.value("streamrnn_producers_renewed_total")
+        t_stop = time.monotonic()
+        rc = det.stop(timeout=SHUTDOWN_S + 5)
+        stop_s = time.monotonic() - t_stop
+    finally:
+        if det.thread.is_alive():
+            det.detector.stop()
+        second.stop()
+    assert partition_count(bs, topic_name) == 3 if second.running else True
+    assert len(got) == len(after)
+    assert lost >= 1 and renewed >= 1
+    assert rc == 0 and stop_s <= SHUTDOWN_S
+    print(
+        f"\n{len(after)} events after the broker's data loss scored in {seconds:.1f} s; "
+        f"data loss counted {lost:g}, producer renewed {renewed:g}; SIGTERM took {stop_s:.1f} s"
+    )
