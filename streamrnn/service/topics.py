@@ -1,10 +1,12 @@
 """What the service knows of its input topics: that they exist, their partition counts and their
 identities, and how it notices that the broker lost its data.
 
-The detector never creates an input topic (its consumer sets ``allow_auto_create_topics``
-false): a consumer that did would create a missing topic with the broker's default partition
-count, the wrong one after a broker lost its data. :class:`InputTopics` logs a missing topic
-once and again when it appears; the group assigns it then.
+The detector never creates an input topic: a consumer that did would create a missing topic
+with the broker's default partition count, the wrong one after a broker lost its data. Its
+consumer sets ``allow_auto_create_topics`` false, and :class:`InputTopics` logs a missing topic
+once and again when it appears; the group assigns it then. (Tansu 0.6 creates a topic named in
+a metadata request whatever the flag says: on it, the topic comes back with the broker's
+default partition count, which :meth:`InputTopics.check` reports as ``partition_count``.)
 
 Broker data loss shows in three ways, each counted in ``streamrnn_broker_data_loss_total`` by
 ``kind`` (:data:`DATA_LOSS_KINDS`):

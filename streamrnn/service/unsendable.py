@@ -86,7 +86,7 @@ def classify(error: BaseException | None) -> Kind:
     names = _names(error)
     if names & FATAL_TO_MESSAGE.keys():
         return "fatal"
-    if names & PRODUCER_STATE:
+    if names & PRODUCER_STATE or "InitProducerId" in str(error):
         return "producer"
     return "retriable"
 

@@ -54,8 +54,7 @@ def test_the_broker_loses_its_data_and_the_detector_carries_on(
         own_broker.stop()
         time.sleep(2.0)  # the detector meets a dead broker, then an empty one
         second.start()
-        time.sleep(3.0)  # long enough for the consumer to ask for the missing topic
-        create_topics(bs, topics)
+        create_topics(bs, topics)  # before the detector's consumer asks: Tansu would create it
         after = make_events(6, 300, seed=53)
         t0 = time.monotonic()
         produce(bs, topic_name, [(e.key.encode(), event_json(e)) for e in after])
@@ -66,6 +65,7 @@ def test_the_broker_loses_its_data_and_the_detector_carries_on(
             for k in ("offsets_reset", "topic_id")
         )
         renewed = det.value("streamrnn_producers_renewed_total")
+        partitions = partition_count(bs, topic_name)
         t_stop = time.monotonic()
         rc = det.stop(timeout=SHUTDOWN_S + 5)
         stop_s = time.monotonic() - t_stop
@@ -73,7 +73,9 @@ def test_the_broker_loses_its_data_and_the_detector_carries_on(
         if det.thread.is_alive():
             det.detector.stop()
         second.stop()
-    assert partition_count(bs, topic_name) == 3 if second.running else True
+    # On Apache Kafka the consumer never creates the topic; Tansu creates a topic a metadata
+    # request names, so on it this holds only when the test's creation came first.
+    assert partitions in (3, 4)
     assert len(got) == len(after)
     assert lost >= 1 and renewed >= 1
     assert rc == 0 and stop_s <= SHUTDOWN_S
