@@ -169,6 +169,15 @@ class StateConfig:
     initial_capacity: int = _rule(1024, _pos, "must be an integer >= 1")
 
 
+def _iso_ok(text: str) -> bool:
+    from .times import parse_iso
+
+    try:
+        return abs(parse_iso(text).timestamp()) <= 1e11
+    except (TypeError, ValueError, OverflowError, OSError):
+        return False
+
+
 @dataclass(frozen=True)
 class InputConfig:
     """How rows and events map to keys, times and values."""
@@ -181,6 +190,10 @@ class InputConfig:
     features: tuple[str, ...] = ()
     # Events older than their key's last event: "score" them anyway, or "drop" to the DLQ.
     late_events: LatePolicy = "score"
+    # Event times outside [min_event_time, max_event_time] (ISO 8601) go to the dead-letter
+    # topic as event_time_out_of_window: a year -882 or 9999 reading is a broken clock.
+    min_event_time: str = _rule("1970-01-01T00:00:00Z", _iso_ok, "must be an ISO 8601 time")
+    max_event_time: str = _rule("2262-04-11T00:00:00Z", _iso_ok, "must be an ISO 8601 time")
 
 
 OffsetReset = Literal["earliest", "latest"]
@@ -685,7 +698,21 @@ def _check_sasl(k: KafkaConfig, prefix: str, fail: Callable[[str, str, Any], Non
         )
 
 
-_SECTION_CHECKS: dict[type, Callable[[Any, str, Label], None]] = {KafkaConfig: _check_kafka}
+def _check_input(c: InputConfig, prefix: str, label: Label) -> None:
+    """The event-time window is not empty."""
+    from .times import parse_iso
+
+    if parse_iso(c.max_event_time) <= parse_iso(c.min_event_time):
+        raise ConfigError(
+            f"{label(prefix + 'max_event_time')}: must be after {prefix}min_event_time "
+            f"({c.min_event_time}), got {c.max_event_time!r}"
+        )
+
+
+_SECTION_CHECKS: dict[type, Callable[[Any, str, Label], None]] = {
+    KafkaConfig: _check_kafka,
+    InputConfig: _check_input,
+}
 
 
 def set_dotted(raw: dict[str, Any], dotted: str, value: Any, *, merge: bool = False) -> None:

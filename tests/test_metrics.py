@@ -132,6 +132,7 @@ def test_labelled_children_exist_up_front(registry: CollectorRegistry, metrics: 
         "wrong_shape",
         "late_event",
         "non_finite_value",
+        "event_time_out_of_window",
     }
     for outcome in ("ok", "error"):
         assert get("streamrnn_checkpoints_total", {"outcome": outcome}) == 0

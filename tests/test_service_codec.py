@@ -98,6 +98,16 @@ def test_accepts_value_values_and_time_forms() -> None:
         ({"key": "a", "value": 1, "ts": 1e30}, "bad_timestamp"),
         ({"key": "a", "value": 1, "ts": False}, "bad_timestamp"),
         (Rec(orjson.dumps({"key": "a", "value": 1}), timestamp=None), "bad_timestamp"),
+        # numeric text in JSON's number syntax only: Python's float() takes all of these
+        ({"key": "a", "value": "1_000"}, "non_numeric_value"),
+        ({"key": "a", "value": " 12.5"}, "non_numeric_value"),
+        ({"key": "a", "value": "0x10"}, "non_numeric_value"),
+        ({"key": "a", "value": "1."}, "non_numeric_value"),
+        # a representable time outside input.min_event_time .. max_event_time (1970 .. 2262)
+        ({"key": "a", "value": 1, "ts": -9e10}, "event_time_out_of_window"),
+        ({"key": "a", "value": 1, "ts": "2300-01-01T00:00:00Z"}, "event_time_out_of_window"),
+        ({"key": "a", "value": 1, "ts": "1969-12-31T23:59:59Z"}, "event_time_out_of_window"),
+        (Rec(orjson.dumps({"key": "a", "value": 1}), timestamp=-5), "bad_timestamp"),
     ],
 )
 def test_rejects_name_their_reason(raw: Any, reason: str) -> None:
@@ -277,3 +287,21 @@ def test_whole_part_decoding_matches_record_by_record(monkeypatch: pytest.Monkey
     assert [r.reason for r in _decode(bad).rejects] == ["missing_key", "non_finite_value"]
     b = _decode(common)
     assert b.times[1] == T0 + 0.25 and math.isnan(b.values[1, 0]) and b.values[2, 0] == 7.0
+
+
+def test_numeric_text_in_json_syntax_is_a_number() -> None:
+    b = _decode([{"key": "a", "value": v} for v in ("-0.5", "12", "1e3", "2.5E-2", "NaN")])
+    assert not b.rejects
+    assert b.values[:4, 0].tolist() == pytest.approx([-0.5, 12.0, 1000.0, 0.025])
+    assert np.isnan(b.values[4, 0])
+
+
+def test_the_event_time_window_is_configurable() -> None:
+    from streamrnn.config import InputConfig
+    from streamrnn.service.decode import Decoder, Part
+
+    d = Decoder(InputConfig(min_event_time="2020-01-01T00:00:00Z"), ["value"])
+    raw = [orjson.dumps({"key": "a", "value": 1, "ts": t}) for t in (1.6e9, 1.5e9)]
+    b = d.decode_parts([Part("t", 0, [0, 1], [None, None], [None, None], raw)])
+    assert [r.reason for r in b.rejects] == ["event_time_out_of_window"]
+    assert b.rejects[0].index == 1

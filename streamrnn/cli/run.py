@@ -2,7 +2,9 @@
 
 Flags override the config file's keys (``--group`` is ``service.group``, and so on), and
 environment variables sit between the two (``STREAMRNN_SERVICE__GROUP``; the rule is in
-``config/default.yaml``). The daemon stops cleanly on SIGTERM or Ctrl+C (a second Ctrl+C forces),
+``config/default.yaml``). The daemon stops cleanly on SIGTERM or Ctrl+C (a second Ctrl+C forces), always within
+``service.shutdown_timeout_s``: exit status 0 when everything it took was settled, 1 after a line
+that says what was not,
 and reloads its model on SIGHUP or when the model directory changes. A bad configuration stops
 start-up with ``error: <key>: <rule>, got <value>`` and exit status 2, and so does a cluster that
 refuses the connection's security settings (a wrong password, an unknown CA, a host name the
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, overrides=overrides_from(args), environ=os.environ)
         from ..service.app import Detector  # imports torch: after the cheap checks
 
-        return Detector(config).run()
+        return Detector(config).run(watchdog=True)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

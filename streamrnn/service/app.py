@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -167,6 +168,7 @@ class Detector:
         self.poller: Poller | None = None
         self._stop = threading.Event()
         self._deadline: float | None = None  # time.monotonic() a shutdown must end by
+        self._watchdog = False  # run(watchdog=True): exit 1 at once if a shutdown overruns
         self._consumer: Any = None
         self._producer: Any = None
         self._http: MetricsServer | None = None
@@ -197,18 +199,27 @@ class Detector:
             self._deadline = time.monotonic() + self.svc.shutdown_timeout_s
             if self.publisher is not None:
                 self.publisher.deadline = self._deadline
+            if self._watchdog:
+                # One second of grace past the deadline for the clients' own timeouts.
+                timer = threading.Timer(self.svc.shutdown_timeout_s + 1.0, self._overdue)
+                timer.daemon = True
+                timer.start()
         self._stop.set()
 
     def reload_model(self) -> None:
         """Ask the loop to reload the model directory (what SIGHUP does)."""
         self.watcher.request()
 
-    def run(self) -> int:
-        """Serve until :meth:`stop`; returns 0 after a clean shutdown, 1 when outputs of the last
-        batch could not be acknowledged (the next start processes them again) or on a crash."""
+    def run(self, *, watchdog: bool = False) -> int:
+        """Serve until :meth:`stop`; returns 0 after a clean shutdown, 1 when something taken was
+        not settled (outputs not acknowledged, offsets not committed: the next start processes
+        them again) or on a crash. With ``watchdog`` (``streamrnn run``) a shutdown that runs
+        past ``shutdown_timeout_s`` ends the process at once with status 1 and a line saying
+        what was not settled; a program that runs a Detector in a thread leaves it off."""
         if self._ran:
             raise RuntimeError("Detector.run() can be called once; make a new Detector")
         self._ran = True
+        self._watchdog = watchdog
         self._log_config()
         restore_signals = on_stop_signals(self._on_stop_signal, SIGHUP=self._on_hup)
         try:
@@ -603,9 +614,13 @@ class Detector:
     # Shutdown
 
     def _shutdown(self) -> int:
+        """Flush, commit, checkpoint and leave, all by the deadline :meth:`stop` set; 0 when
+        everything taken was settled, 1 after a line that says what was not."""
         assert self.publisher is not None and self.checkpoints is not None
         t0 = time.monotonic()
-        deadline = t0 + self.svc.shutdown_timeout_s
+        if self._deadline is None:
+            self.stop()
+        deadline = self._deadline or t0 + self.svc.shutdown_timeout_s
 
         def remaining() -> float:
             return max(0.1, deadline - time.monotonic())
@@ -614,7 +629,6 @@ class Detector:
             "shutting down: flushing, committing, checkpointing %d partition(s)", len(self.table)
         )
         self.publisher.drain()
-        unsafe = self.table.unsafe()
         try:
             self._producer.flush(timeout=remaining())
         except Exception as e:  # nothing is in flight after a completed batch; log and go on
@@ -630,16 +644,45 @@ class Detector:
         # Out of the group: what the sinks still hold goes out within the shutdown timeout.
         self.sinks.close(remaining())
         self._close_clients(timeout_s=remaining())
+        unsettled = self._unsettled()
         self.metrics.set_assignment([])
-        if unsafe:
+        if unsettled:
             log.error(
-                "stopped in %.1f s; %s not checkpointed past their last acknowledged batch",
+                "stopped in %.1f s with work not settled: %s (the next start processes it again)",
                 time.monotonic() - t0,
-                fmt_tps(unsafe),
+                "; ".join(unsettled),
             )
             return 1
         log.info("stopped in %.1f s", time.monotonic() - t0)
         return 0
+
+    def _unsettled(self) -> list[str]:
+        """What the service took and did not settle, in words (empty: everything settled)."""
+        out = []
+        unsafe = self.table.unsafe()
+        if unsafe:
+            out.append(f"{fmt_tps(unsafe)} not checkpointed past their last acknowledged batch")
+        pub = self.publisher
+        if pub is not None and (pub.inflight or pub.unacked):
+            out.append(f"{len(pub.inflight) + len(pub.unacked)} poll(s) not acknowledged")
+        todo = self.table.uncommitted(self.table.committable())
+        if todo:
+            out.append(
+                "offsets not committed: "
+                + ", ".join(f"{t}-{p} at {o}" for (t, p), o in sorted(todo.items()))
+            )
+        return out
+
+    def _overdue(self) -> None:
+        """The watchdog: the shutdown ran past ``shutdown_timeout_s`` (a client call that did
+        not keep its timeout): say what was not settled and leave at once, with status 1."""
+        log.error(
+            "shutdown overran shutdown_timeout_s=%g; leaving now with work not settled: %s",
+            self.svc.shutdown_timeout_s,
+            "; ".join(self._unsettled()) or "none known (stuck closing the clients)",
+        )
+        logging.shutdown()
+        os._exit(1)
 
     def _close_clients(self, *, timeout_s: float) -> None:
         consumer, self._consumer = self._consumer, None

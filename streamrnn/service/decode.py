@@ -18,7 +18,8 @@ field names come from ``config.input``:
 Number policy, per value:
 
 ================================  =========================================================
-``12.5``, ``"12.5"``              the number (numeric text is accepted)
+``12.5``, ``"12.5"``              the number (numeric text is accepted in JSON's own number
+                                  syntax only: ``"1_000"``, ``" 1"``, ``"0x10"`` are not)
 ``null``, ``"NaN"``, absent name  missing: the engine imputes it with the key's own prediction
                                   and counts it (``streamrnn_imputed_values_total``); so do
                                   ``"value": null``, ``"values": null`` and ``"values": {}``
@@ -33,7 +34,8 @@ UTF-8 JSON, or an empty/tombstone message), ``wrong_shape`` (not an object; both
 object naming none of the model's features; a nested container as a number), ``missing_key``,
 ``missing_value`` (neither field), ``non_numeric_value``,
 ``non_finite_value``, ``bad_timestamp`` (unparseable, not finite, beyond year 5138, or no
-``ts`` and no record timestamp).
+``ts`` and no record timestamp), ``event_time_out_of_window`` (a time outside
+``input.min_event_time`` .. ``input.max_event_time``, by default 1970 to 2262).
 
 Late events
 -----------
@@ -49,6 +51,7 @@ The messages the service sends (alerts, scores, dead letters) are built in :mod:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +60,7 @@ import numpy as np
 import orjson
 
 from ..config import InputConfig
-from ..times import MS_THRESHOLD, parse_timestamp
+from ..times import MS_THRESHOLD, iso_utc, parse_iso, parse_timestamp
 
 __all__ = ["Batch", "Decoder", "Part", "Reject"]
 
@@ -65,6 +68,10 @@ _MAX_SECONDS = 1e11  # |time| beyond this (year 5138) is rejected: it cannot be 
 _F32_MAX = float(np.finfo(np.float32).max)
 _DETAIL_MAX = 300  # characters of a reject detail
 _NUMBER_OR_NONE = {int, float, type(None)}
+# Numeric text: JSON's number syntax, nothing else Python's float() would take ("1_000", " 1").
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_NAN_TEXT = {"nan", "+nan", "-nan"}
+_INF_TEXT = {"inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
 
 
 @dataclass
@@ -189,12 +196,16 @@ def _number(x: Any, name: str) -> float:
     if isinstance(x, (int, float)):
         v = float(x)
     elif isinstance(x, str):
-        try:
-            v = float(x)
-        except ValueError:
-            raise _Bad("non_numeric_value", f"{name}: must be a number, got {_short(x)}") from None
-        if math.isnan(v):
+        low = x.lower()
+        if low in _NAN_TEXT:
             return math.nan
+        if low in _INF_TEXT:
+            raise _Bad("non_finite_value", f"{name}: must be finite in float32, got {_short(x)}")
+        if _JSON_NUMBER.fullmatch(x) is None:
+            raise _Bad(
+                "non_numeric_value", f"{name}: must be a number in JSON's syntax, got {_short(x)}"
+            )
+        v = float(x)
     elif isinstance(x, (list, dict)):
         raise _Bad("wrong_shape", f"{name}: must be a number, got {type(x).__name__} {_short(x)}")
     else:  # pragma: no cover - orjson yields only the JSON types
@@ -204,12 +215,12 @@ def _number(x: Any, name: str) -> float:
     return v
 
 
-def _time(x: Any, ts: int | None, name: str) -> float:
+def _time(x: Any, ts: int | None, name: str, window: tuple[float, float]) -> float:
     """Epoch seconds from the event's time field, else from the record's timestamp ``ts`` (ms)."""
     if x is None:
         if ts is None or ts < 0:
             raise _Bad("bad_timestamp", f"{name}: absent and the record has no timestamp")
-        return float(ts) / 1000.0
+        return _in_window(float(ts) / 1000.0, name, window, ts)
     if isinstance(x, bool):
         raise _Bad(
             "bad_timestamp", f"{name}: must be ISO 8601 or epoch seconds/ms, got {_short(x)}"
@@ -232,6 +243,31 @@ def _time(x: Any, ts: int | None, name: str) -> float:
         )
     if not abs(t) <= _MAX_SECONDS:
         raise _Bad("bad_timestamp", f"{name}: out of range, got {_short(x)}")
+    if not window[0] <= t <= window[1]:
+        raise _Bad(
+            "event_time_out_of_window",
+            f"{name}: {_when(t)} is outside input.min_event_time .. max_event_time "
+            f"({_when(window[0])} .. {_when(window[1])}), got {_short(x)}",
+        )
+    return t
+
+
+def _when(t: float) -> str:
+    """ISO text of epoch seconds, or the number where a calendar cannot hold it (year < 1)."""
+    try:
+        return iso_utc(t)
+    except (OverflowError, ValueError):
+        return f"epoch {t:g} s"
+
+
+def _in_window(t: float, name: str, window: tuple[float, float], ts: int) -> float:
+    """A record timestamp's time, when it lies in the window."""
+    if not window[0] <= t <= window[1]:
+        raise _Bad(
+            "event_time_out_of_window",
+            f"{name}: absent, and the record's timestamp {_when(t)} is outside "
+            f"input.min_event_time .. max_event_time, got {ts}",
+        )
     return t
 
 
@@ -246,6 +282,10 @@ class Decoder:
         self.feature_names = names
         self.n_features = len(names)
         self._index = {n: i for i, n in enumerate(names)}
+        self.window = (
+            parse_iso(config.min_event_time).timestamp(),
+            parse_iso(config.max_event_time).timestamp(),
+        )
 
     def decode(self, records: Iterable[Any]) -> Batch:
         """Decode records (each with topic, partition, offset, key, value, timestamp) in order.
@@ -347,7 +387,7 @@ class Decoder:
         if not np.isfinite(t).all():
             return None
         t = np.where(np.abs(t) > MS_THRESHOLD, t / 1000.0, t)
-        if not (np.abs(t) <= _MAX_SECONDS).all():
+        if not ((t >= self.window[0]) & (t <= self.window[1])).all():
             return None
         v = np.array(vals, dtype=np.float64)  # (m,) null -> NaN
         with np.errstate(invalid="ignore"):
@@ -402,7 +442,7 @@ class Decoder:
         has_value, vals = self._check_shape(obj)
         key = self._key(obj, mkey)
         self._values(obj, has_value, vals, row)
-        t = _time(obj.get(cfg.time_field), ts, cfg.time_field)
+        t = _time(obj.get(cfg.time_field), ts, cfg.time_field, self.window)
         return key, t
 
     def _check_shape(self, obj: dict[str, Any]) -> tuple[bool, Any]:

@@ -52,6 +52,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "wrong_shape",
     "late_event",
     "non_finite_value",
+    "event_time_out_of_window",
 )
 EVENT_OUTCOMES: tuple[str, ...] = ("processed", "rejected")
 CHECKPOINT_OUTCOMES: tuple[str, ...] = ("ok", "error")

@@ -146,7 +146,7 @@ class Publisher:
             messages.extend((svc.scores_topic, k, v, None) for k, v in out.scores)
         reasons = Counter(reason for _, reason, _ in out.rejects)
         self._log_batch_notes(out)
-        sent = [(msg, self._send(msg)) for msg in messages]
+        sent = self._send_all(messages)
         seconds = job.seconds + time.perf_counter() - t0
         self.unacked.append(Unacked(sent, out, reasons, job.next_offsets, seconds))
         return True
@@ -163,6 +163,19 @@ class Publisher:
                 len(msg[2] or b""),
             )
         return fitted
+
+    def _send_all(self, messages: list[Message]) -> list[tuple[Message, Any]]:
+        """Each message and its send's future. After a send that blocked for ``max_block_ms``
+        (no metadata, no producer id: the broker is away) the rest are not tried, each would
+        block as long: they fail with the same error and are retried with backoff."""
+        out: list[tuple[Message, Any]] = []
+        blocked: Refused | None = None
+        for msg in messages:
+            future = blocked or self._send(msg)
+            if isinstance(future, Refused) and _names(future.exception) & _BLOCKED:
+                blocked = future
+            out.append((msg, future))
+        return out
 
     def _send(self, msg: Message) -> Any:
         """The send's future; :class:`Refused` when the send raised (handled when the poll
@@ -351,7 +364,7 @@ class Publisher:
         """Send ``messages`` and flush; returns those not acknowledged, each with its error."""
         from kafka.errors import KafkaError
 
-        futures = [self._send(m) for m in messages]
+        futures = [f for _, f in self._send_all(messages)]
         try:
             self.producer.flush(timeout=self._flush_timeout())
         except KafkaError as e:
@@ -407,6 +420,13 @@ class Publisher:
                 *old,
                 *new,
             )
+
+
+_BLOCKED = {"KafkaTimeoutError"}  # a send that waited max_block_ms
+
+
+def _names(error: BaseException) -> set[str]:
+    return {c.__name__ for c in type(error).__mro__}
 
 
 def _error(future: Any) -> BaseException | None:
