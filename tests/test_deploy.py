@@ -40,6 +40,8 @@ GRAFANA = DEPLOY / "grafana"
 ALERTS = {
     "StreamrnnDown",
     "StreamrnnNotReady",
+    "StreamrnnStalled",
+    "StreamrnnBrokerUnreachable",
     "StreamrnnConsumerLagGrowing",
     "StreamrnnAnomalyRateHigh",
     "StreamrnnDeadLettersHigh",
