@@ -8,6 +8,23 @@ from typing import Any
 from servicetools import TopicReader, scores_by_source
 
 
+def produce_raw(
+    bs: str, topic: str, messages: list[tuple[bytes | None, bytes | None]], **options: Any
+) -> None:
+    """Send raw ``(key, value)`` messages (tombstones and odd bytes too), each acknowledged;
+    ``options`` go to the KafkaProducer (a raised ``max_request_size``, as many producers have)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bs, acks="all", **options)
+    try:
+        futures = [producer.send(topic, key=k, value=v) for k, v in messages]
+        producer.flush(timeout=30)
+        for f in futures:
+            f.get(timeout=30)
+    finally:
+        producer.close(timeout=5)
+
+
 def delete_topic(bs: str, topic: str, timeout: float = 15.0) -> None:
     """Delete ``topic`` and wait until the metadata no longer lists it."""
     from streamrnn.service.clients import admin_client

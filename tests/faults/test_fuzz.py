@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from faulttools import produce_raw
 from servicetools import ThreadedDetector, TopicReader, model_dir, service_config, wait_for
 
 from streamrnn.service.metrics import REJECT_REASONS
@@ -53,20 +54,11 @@ def _poison(rng: random.Random, i: int) -> tuple[bytes | None, bytes | None]:
 def test_poison_fuzz_loses_nothing(
     kafka_broker: EmbeddedBroker, topic_name: str, tmp_path: Path
 ) -> None:
-    from kafka import KafkaProducer
-
     bs = kafka_broker.bootstrap_servers
     create_topics(bs, {topic_name: 2, f"{topic_name}.dlq": 1})
     rng = random.Random(12)
     messages = [_poison(rng, i) for i in range(N)]
-    producer = KafkaProducer(bootstrap_servers=bs, acks="all")
-    try:
-        futures = [producer.send(topic_name, key=k, value=v) for k, v in messages]
-        producer.flush(timeout=30)
-        for f in futures:
-            f.get(timeout=30)
-    finally:
-        producer.close(timeout=5)
+    produce_raw(bs, topic_name, messages)
     det = ThreadedDetector(service_config(bs, topic_name, f"g-{topic_name}", model_dir(), tmp_path))
 
     def settled() -> float:

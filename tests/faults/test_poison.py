@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from faulttools import produce_raw
 from servicetools import (
     ThreadedDetector,
     TopicReader,
@@ -23,29 +24,17 @@ pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 BIG = 1_048_300  # bytes of the undecodable value: its dead letter exceeds 1 MiB with headers
 
 
-def _produce_big(bs: str, topic: str, values: list[tuple[bytes | None, bytes]]) -> None:
-    """Send with a raised max_request_size, as many producers do."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bs, acks="all", max_request_size=4 * 1024 * 1024)
-    try:
-        futures = [producer.send(topic, key=k, value=v) for k, v in values]
-        producer.flush(timeout=30)
-        for f in futures:
-            f.get(timeout=30)
-    finally:
-        producer.close(timeout=5)
-
-
 def test_an_oversized_dead_letter_is_cut_to_fit_and_the_partition_moves_on(
     kafka_broker: EmbeddedBroker, topic_name: str, tmp_path: Path
 ) -> None:
     bs = kafka_broker.bootstrap_servers
     create_topics(bs, {topic_name: 1, f"{topic_name}.dlq": 1})
     events = make_events(1, 600, seed=3)
-    values: list[tuple[bytes | None, bytes]] = [(e.key.encode(), event_json(e)) for e in events]
+    values: list[tuple[bytes | None, bytes | None]] = [
+        (e.key.encode(), event_json(e)) for e in events
+    ]
     values.insert(100, (b"poison", b"\xff" * BIG))
-    _produce_big(bs, topic_name, values)
+    produce_raw(bs, topic_name, values, max_request_size=4 * 1024 * 1024)
     raw = service_config(bs, topic_name, f"g-{topic_name}", model_dir(), tmp_path / "state")
     det = ThreadedDetector(raw)
     try:
