@@ -33,7 +33,10 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -387,7 +390,8 @@ def write_docs(path: Path, result: dict[str, Any]) -> None:
     block = "\n".join(
         [
             BEGIN,
-            f"Run {result['date']} on {result['machine']}, `{result['command']}`"
+            f"Run {result['date']} on {result['machine']}, commit {result.get('commit')}, "
+            f"`{result['command']}`"
             + (f", config overrides `{result['overrides']}`" if result["overrides"] else "")
             + ":",
             "",
@@ -404,6 +408,25 @@ def write_docs(path: Path, result: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------ main
+
+
+def _commit() -> str | None:
+    """The checkout's commit, with ``+`` when it has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -451,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--models",
         help="trained models are cached here (default runs/nab-models, quick runs/nab-models-quick)",
+    )
+    ap.add_argument(
+        "--retrain", action="store_true", help="empty --models first: every model is trained again"
     )
     ap.add_argument("--work", default="runs/quality", help="replay outputs (default runs/quality)")
     ap.add_argument(
@@ -522,11 +548,14 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{torch.get_num_threads()} torch threads, CPU",
+        "machine": f"a {os.cpu_count()}-core CPU, {torch.get_num_threads()} torch thread(s)",
+        "commit": _commit(),
         "overrides": {k: v for k, v in sets.items()},
         "configured_false_alert_rate": configured_rate(cfg),
         "seconds": {},
     }
+    if args.retrain and Path(args.models).is_dir():
+        shutil.rmtree(args.models)
     plots: list[str] = []
     t0 = time.perf_counter()
     if "nab" in only:

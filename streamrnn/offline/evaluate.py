@@ -906,6 +906,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Result files are matched to label keys by their path relative to --results, e.g. "
         "DIR/realTraffic/speed_6005.csv <-> 'realTraffic/speed_6005.csv'. "
+        "A file with rows out of time order is scored in file order, as NAB's scorer does, "
+        "with a warning naming the file and the row. "
         "Exit status: 0 ok, 1 no result file matched a label key, 2 missing or unreadable input."
     )
     parser.add_argument(
