@@ -551,7 +551,7 @@ def memory_figures(engine: Any, stats: Any = None) -> dict[str, Any]:
     store = engine.store
     keys = stats.resident if stats is not None else len(store)
     nbytes = stats.nbytes if stats is not None else store.nbytes
-    hidden = state_fields(engine.model)["hidden"]
+    hidden = state_fields(engine.model, engine.config)["hidden"]
     hidden_bytes = int(np.prod(hidden.shape)) * torch.empty((), dtype=hidden.dtype).element_size()
     row = store.row_nbytes
     host = sys.getsizeof(store.key_to_row) + sys.getsizeof(store.row_keys) + store.last_seen.nbytes

@@ -27,6 +27,7 @@ streamrnn.config.ConfigError: model.hidden_size: must be an integer >= 1, got 0
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import string
 import types
@@ -115,28 +116,75 @@ class FeatureConfig:
     normalizer_horizon: int = _rule(5000, _pos, "must be an integer >= 1")
     # Normalised inputs are clipped to +-clip so one wild value cannot saturate the hidden state.
     clip: float = _rule(10.0, lambda x: x > 0, "must be > 0")
+    # A reading this many of the key's standard deviations from its mean (once the key has seen 8
+    # readings), or beyond max_magnitude, is an outlier: scored, but imputed for the normaliser and
+    # the model, so that one wild reading cannot blind a key (3e38 in warm-up did).
+    outlier_factor: float = _rule(1e4, lambda x: x > 1, "must be > 1")
+    max_magnitude: float = _rule(1e15, lambda x: x > 0, "must be > 0")
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Online adaptation per key: a daily profile and a corrector of the forecast (adapt.py)."""
+
+    # Off: the shared model's forecast is used as it is (the profile still feeds the level view).
+    enabled: bool = True
+    # Step size of the normalised least-mean-squares update of each key's corrector weights.
+    rate: float = _rule(0.02, lambda x: 0 < x <= 1, "must be in (0, 1]")
+    # An error beyond this many of the key's RMS errors teaches the corrector only this much.
+    error_clip: float = _rule(3.0, lambda x: x > 0, "must be > 0")
+    # Time-of-day bins of each key's daily profile (0 = no profile).
+    profile_bins: int = _rule(48, lambda x: 0 <= x <= 1440, "must be an integer in [0, 1440]")
+
+
+def _rate_ok(x: Any) -> bool:
+    return 0 < x < 1
 
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """Prediction error to a calibrated score in [0, 1], and the flag rule (see scoring.py)."""
+    """Views of surprise, calibrated per key, combined into one score and the flag rule (scoring.py)."""
 
-    # Events in the key's recent mean of its standardised error, which errors are measured against.
-    error_horizon: float = _rule(30.0, lambda x: x >= 1, "must be >= 1")
-    # Events in the short average of the relative error (1 = no smoothing: score each reading at once).
-    short_horizon: float = _rule(1.0, lambda x: x >= 1, "must be >= 1")
-    # Events in the long-run statistics each key is calibrated against.
-    long_horizon: float = _rule(3000.0, lambda x: x >= 2, "must be >= 2")
-    # A value beyond the key's seen range by more than this fraction of it scores at least range_score.
-    range_margin: float = _rule(0.02, _nonneg, "must be >= 0")
-    range_score: float = _rule(0.99, lambda x: 0 <= x <= 1, "must be in [0, 1]")
+    # The false-alert budget: flags per event per key that clean data may raise. A key is flagged
+    # when its combined tail probability is below this; the score is 0.5 there (at 1e-4).
+    false_alert_rate: float = _rule(1e-4, _rate_ok, "must be in (0, 1)")
+    # Events in a key's long-run RMS error, which each error is measured against (cumulative at first).
+    error_horizon: float = _rule(1000.0, lambda x: x >= 2, "must be >= 2")
+    # Events in the per-key tail statistics of each view (cumulative at first, exponential after).
+    calibration_horizon: float = _rule(10000.0, lambda x: x >= 10, "must be >= 10")
+    # Weight, in events, of the nominal tail every key's calibration starts from.
+    calibration_prior: float = _rule(500.0, _nonneg, "must be >= 0")
+    # Assumed correlation between the views' evidence when they are summed (0 = independent).
+    dependence: float = _rule(0.2, lambda x: 0 <= x < 1, "must be in [0, 1)")
     # A key is not flagged (and scores 0) before it has seen this many events.
     warmup: int = _rule(150, _nonneg, "must be an integer >= 0")
-    # Flag when the score is at or above this (0.5 = a one-in-1e5 deviation, 0.67 = 1e-10, 0.8 = 1e-20;
-    # a value beyond the seen range scores range_score).
-    threshold: float = _rule(0.8, _unit_open, "must be in (0, 1)")
     # Events after an alert during which the same key is not flagged again.
     cooldown: int = _rule(50, _nonneg, "must be an integer >= 0")
+
+    @property
+    def evidence_threshold(self) -> float:
+        """-log10 of the false-alert rate: the combined evidence at which a key is flagged."""
+        return -math.log10(self.false_alert_rate)
+
+    @property
+    def threshold(self) -> float:
+        """The score at which a key is flagged (0.5 at a false-alert rate of 1e-4)."""
+        t = self.evidence_threshold
+        return t / (t + SCORE_HALF)
+
+
+# The combined evidence (-log10 of a tail probability) at which the score is 0.5.
+SCORE_HALF = 4.0
+
+# Keys that existed once: a config that still sets one is told what replaced it.
+REMOVED_KEYS = {
+    "scoring.threshold": "replaced by scoring.false_alert_rate (flags per event per key; "
+    "the old threshold 0.5 was about 1e-5)",
+    "scoring.range_margin": "removed: the range check became the calibrated level view",
+    "scoring.range_score": "removed: the range check became the calibrated level view",
+    "scoring.short_horizon": "removed: the sustained view averages recent surprises",
+    "scoring.long_horizon": "replaced by scoring.calibration_horizon",
+}
 
 
 @dataclass(frozen=True)
@@ -428,6 +476,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     state: StateConfig = field(default_factory=StateConfig)
     input: InputConfig = field(default_factory=InputConfig)
@@ -597,6 +646,10 @@ def build_section(cls: type, data: Mapping[str, Any] | None, prefix: str, label:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
+        if f"{prefix}{k}" in REMOVED_KEYS:
+            raise ConfigError(
+                f"{label(f'{prefix}{k}')}: {REMOVED_KEYS[f'{prefix}{k}']}, got {data[k]!r}"
+            )
         if k not in fields:
             raise _unknown_key(label(f"{prefix}{k}"), ", ".join(sorted(fields)), data[k])
     kwargs: dict[str, Any] = {}
@@ -733,12 +786,28 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any, *, merge: bool = Fa
         node[parts[-1]] = value
 
 
+class YamlLoader(yaml.SafeLoader):
+    """YAML's safe loader, reading ``1e-4`` as the number it looks like (YAML 1.1 needs ``1.0e-4``)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`YamlLoader`."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file: must exist, got {str(p)!r}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = parse_yaml(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file: must be valid YAML, got {str(p)!r} ({e})") from e
     if raw is None:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import yaml
 
 from .config import (
+    parse_yaml,
     Config,
     ConfigError,
     Label,
@@ -141,7 +142,7 @@ def _env_value(tp: Any, below: list[str], text: str, var: str, key: str) -> Any:
 
 def _yaml_text(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError:
         return text  # the key's rule reports it
 

@@ -63,9 +63,8 @@ def messages(events: list[Event]) -> list[tuple[bytes, bytes]]:
 
 def raw_config(bs: str, topic: str, tmp_path: Path, **alerts: Any) -> dict[str, Any]:
     raw = service_config(bs, topic, topic, model_dir(), tmp_path / "state", engine_process=False)
-    # One alert per spike: no cooldown longer than the tests' streams, and no range check (it
-    # flags every new extreme of a young key, which the tiny test model's keys all are).
-    raw["scoring"].update({"cooldown": 10, "range_score": 0.0})
+    # One alert per spike: no cooldown longer than the tests' streams.
+    raw["scoring"].update({"cooldown": 10})
     raw["alerts"] = {
         "resolve_after_events": RESOLVE_AFTER,
         "labels": {"site": "site"},

@@ -4,7 +4,9 @@
 (commit 1935edb): the shipped demo model, default settings, 60 events of keys ``k0``..``k2`` on
 partition ``t``-0 (see :func:`_part`), snapshotted at offset 60 with the offset both in the
 frame's header and in the snapshot's extra (``offsets``). The offset now lives in the header
-only; the old extra is not read.
+only; the old extra is not read. Its state layout is older too: the recurrent state, the
+normaliser and the pending prediction restore exactly; the adaptation, the views' records and
+their calibration (added since) start fresh.
 """
 
 from __future__ import annotations
@@ -52,7 +54,12 @@ def _checkpointer(tmp_path: Path, engine: InlineEngine, table: PartitionTable) -
     return Checkpointer("g", store, engine, table, metrics, drain=lambda: True)
 
 
-def test_a_format1_checkpoint_restores_and_continues_exactly(tmp_path: Path) -> None:
+def _rows(engine: InlineEngine, name: str) -> np.ndarray:
+    e = engine.side.engine
+    return e.store.tensors[name][e.store.rows(["k0", "k1", "k2"])].numpy()
+
+
+def test_a_format1_checkpoint_restores_what_it_holds_and_continues(tmp_path: Path) -> None:
     raw = FIXTURE.read_bytes()
     header = decode(raw)
     assert (header.group, header.topic, header.partition, header.offset) == ("g", "t", 0, 60)
@@ -66,16 +73,20 @@ def test_a_format1_checkpoint_restores_and_continues_exactly(tmp_path: Path) -> 
     assert checkpoints.restore(TP0, found[TP0]) == 60, "the offset to seek to is the header's"
     assert engine.fetch_stats().resident == 3
 
-    # The restored state goes on exactly as an uninterrupted run does.
+    # What the old layout holds is exactly what an uninterrupted run of today has after 60 events
+    # (the model and the normaliser did not change); what it lacks starts fresh.
     whole = InlineEngine(EngineSide(_settings()))
     whole.submit([_part(0, 60)])
     whole.result()
+    for name in ("hidden", "norm", "pred", "steps", "last_ts"):
+        np.testing.assert_allclose(_rows(engine, name), _rows(whole, name), rtol=0, atol=1e-6)
+    adapted = _rows(whole, "adapt")[:, 5]  # the RMS error each key has learned (rows: adapt.py)
+    assert (_rows(engine, "adapt")[:, 5] == 1.0).all() and (adapted != 1.0).all()
     engine.submit([_part(60, 90)])
     whole.submit([_part(60, 90)])
     got, want = engine.result(), whole.result()
     assert got.processed == want.processed == 30
-    np.testing.assert_allclose(got.score, want.score, rtol=0, atol=1e-6)
-    assert [m for _, m in got.alerts] == [m for _, m in want.alerts]
+    assert np.isfinite(got.score).all()
 
 
 def test_the_current_format_keeps_the_offset_in_the_header_only(tmp_path: Path) -> None:

@@ -40,7 +40,12 @@ def test_config_is_frozen() -> None:
         ("model:\n  hiden_size: 8\n", "model.hiden_size: unknown key (known: "),
         ("modle:\n  cell: gru\n", "modle: unknown key (known: "),
         ("model: 3\n", "model: must be a mapping, got 3"),
-        ("scoring:\n  threshold: 1.5\n", "scoring.threshold: must be in (0, 1), got 1.5"),
+        ("scoring:\n  false_alert_rate: 1.5\n", "scoring.false_alert_rate: must be in (0, 1), got 1.5"),
+        (
+            "scoring:\n  threshold: 0.8\n",
+            "scoring.threshold: replaced by scoring.false_alert_rate (flags per event per key",
+        ),
+        ("scoring:\n  range_score: 0.99\n", "scoring.range_score: removed: the range check"),
         ("scoring:\n  warmup: -1\n", "scoring.warmup: must be an integer >= 0, got -1"),
         ("training:\n  learning_rate: 0\n", "training.learning_rate: must be in (0, 1), got 0"),
         ("training:\n  window: 1\n", "training.window: must be an integer >= 2, got 1"),
@@ -77,3 +82,13 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad.write_text("scoring:\n  cooldown: -5\n")
     assert main(["check-config", str(bad)]) == 2
     assert "scoring.cooldown: must be an integer >= 0, got -5" in capsys.readouterr().err
+
+
+def test_a_false_alert_rate_in_exponent_notation_is_a_number(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``1e-4`` as text; the config reads it as the number it looks like."""
+    f = tmp_path / "c.yaml"
+    f.write_text("scoring:\n  false_alert_rate: 1e-4\n")
+    sc = load_config(f).scoring
+    assert sc.false_alert_rate == 1e-4
+    assert sc.evidence_threshold == pytest.approx(4.0)
+    assert sc.threshold == pytest.approx(0.5)  # the score at which a key is flagged

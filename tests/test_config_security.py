@@ -242,7 +242,7 @@ def test_env_text_is_read_as_the_key_type(tmp_path: Path) -> None:
         "STREAMRNN_SERVICE__BOOTSTRAP_SERVERS": "k1:9093, k2:9093",
         "STREAMRNN_SERVICE__METRICS_PORT": "9200",
         "STREAMRNN_SERVICE__ENGINE_PROCESS": "false",
-        "STREAMRNN_SCORING__THRESHOLD": "0.9",
+        "STREAMRNN_SCORING__FALSE_ALERT_RATE": "1e-3",  # a number as YAML 1.2 reads it
         "STREAMRNN_SERVICE__SCORES_TOPIC": "",
         "STREAMRNN_SERVICE__KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
         "STREAMRNN_SERVICE__KAFKA__SASL_MECHANISM": "PLAIN",
@@ -260,7 +260,7 @@ def test_env_text_is_read_as_the_key_type(tmp_path: Path) -> None:
     svc = r.config.service
     assert svc.bootstrap_servers == ("k1:9093", "k2:9093")
     assert (svc.metrics_port, svc.engine_process, svc.scores_topic) == (9200, False, None)
-    assert r.config.scoring.threshold == 0.9
+    assert r.config.scoring.false_alert_rate == 1e-3
     assert svc.kafka.sasl_username == "007"  # a string key keeps its text
     assert svc.kafka.sasl_password == Secret(file=str(pw))
     assert svc.kafka.consumer_options == {"check_crcs": False, "fetch_min_bytes": 2048}
@@ -282,7 +282,7 @@ def test_env_secret_is_taken_as_text() -> None:
         ({"STREAMRNN_SERVICE__METRICS_PORT": "70000"}, "service.metrics_port (environment variable STREAMRNN_SERVICE__METRICS_PORT): must be a port in [0, 65535], got 70000"),
         ({"STREAMRNN_SERVICE__METRICS_PORT": "http"}, "service.metrics_port (environment variable STREAMRNN_SERVICE__METRICS_PORT): must be an integer, got 'http'"),
         ({"STREAMRNN_SERVICE__KAFKA__SASL_USERNAM": "a"}, "STREAMRNN_SERVICE__KAFKA__SASL_USERNAM: names service.kafka.sasl_usernam, an unknown key (known in service.kafka: "),
-        ({"STREAMRNN_SERVCE__GROUP": "g"}, "STREAMRNN_SERVCE__GROUP: names servce, an unknown key (known in the config: alerts, features, input, model, scoring, service, state, training)"),
+        ({"STREAMRNN_SERVCE__GROUP": "g"}, "STREAMRNN_SERVCE__GROUP: names servce, an unknown key (known in the config: adapt, alerts, features, input, model, scoring, service, state, training)"),
         ({"STREAMRNN_SERVICE_GROUP": "g"}, "STREAMRNN_SERVICE_GROUP: a config variable puts two underscores between levels (STREAMRNN_SECTION__KEY), got STREAMRNN_SERVICE_GROUP"),
         ({"STREAMRNN_SERVICE__KAFKA": "x"}, "STREAMRNN_SERVICE__KAFKA: names the section service.kafka, not a key (add __KEY)"),
         ({"STREAMRNN_SERVICE__GROUP__NAME": "x"}, "STREAMRNN_SERVICE__GROUP__NAME: service.group has no key name below it"),

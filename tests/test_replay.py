@@ -216,10 +216,10 @@ def test_replay_errors_are_clear(
                 str(root / "history"),
                 "--out",
                 str(root / "x"),
-                "--threshold",
+                "--false-alert-rate",
                 "2",
             ]
         )
         == 2
     )
-    assert "scoring.threshold: must be in (0, 1), got 2" in capsys.readouterr().err
+    assert "scoring.false_alert_rate: must be in (0, 1), got 2" in capsys.readouterr().err

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from ..config import Config
-from . import scoring
-from .features import N_CALENDAR, calendar_features, normalize, update_normalizer
+from . import adapt, calibrate, scoring, views
+from .features import N_CALENDAR, calendar_features, normalize, outliers, update_normalizer
 from .model import Forecaster
 from .state import FieldSpec, StateStore
 from .waves import wave_order
@@ -123,18 +123,24 @@ class Results:
         return len(self.score)
 
 
-def state_fields(model: Forecaster) -> dict[str, FieldSpec]:
+def state_fields(model: Forecaster, config: Config) -> dict[str, FieldSpec]:
+    """The per-key state: the recurrent state, the normaliser, the pending prediction, the
+    adaptation (adapt.py), the views' records (views.py), their calibration (calibrate.py)."""
     f = model.n_values
+    bins = max(config.adapt.profile_bins, 1)
     return {
         "hidden": FieldSpec((model.num_layers, model.slots, model.hidden_size), torch.float32),
         "norm": FieldSpec((3, f), torch.float32),  # count, mean, var per feature
         "pred": FieldSpec(
             (2, f), torch.float32, init=(0.0, 1.0)
         ),  # pending prediction: mean, scale (normalised)
-        "scorer": FieldSpec((scoring.N_SCORER,), torch.float32),
-        "track": FieldSpec(
-            (scoring.N_TRACK, f), torch.float32, init=scoring.TRACK_INIT
-        ),  # error mean, low, high
+        "adapt": FieldSpec((adapt.N_ADAPT, f), torch.float32, init=adapt.ADAPT_INIT),
+        "profile": FieldSpec((bins, f), torch.float32),
+        "track": FieldSpec((views.N_TRACK, f), torch.float32, init=views.TRACK_INIT),
+        "keyrec": FieldSpec((views.N_KEYREC,), torch.float32, init=views.KEYREC_INIT),
+        "calib": FieldSpec(
+            (calibrate.N_CALIB, views.N_VIEWS), torch.float32, init=calibrate.CALIB_INIT
+        ),
         "steps": FieldSpec((), torch.int64),
         "last_alert": FieldSpec((), torch.int64, init=-1.0),
         "last_ts": FieldSpec((), torch.float64, init=float("-inf")),
@@ -186,6 +192,10 @@ class _Staging:
         return dst.numpy()
 
 
+# What a snapshot must hold to be restored; fields it lacks (from an older version) start fresh.
+REQUIRED_FIELDS = frozenset({"hidden", "norm", "pred", "steps", "last_alert", "last_ts"})
+
+
 class Engine:
     """Steps every key's events through one shared forecaster, with per-key state on the device."""
 
@@ -210,13 +220,15 @@ class Engine:
             )
         self.n_values = model.n_values
         self.store = StateStore(
-            state_fields(model),
+            state_fields(model, config),
             max_keys=config.state.max_keys,
             initial_capacity=config.state.initial_capacity,
             device=self.device,
         )
         self.drop_late = config.input.late_events == "drop"
         self._imputed = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._outliers = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._caps = torch.tensor(views.EXCESS_CAPS, device=self.device)
         self._nan = torch.tensor(float("nan"), device=self.device)
         self._layout = {
             name: (*self.store.field_slice(name), spec.dtype, spec.shape)
@@ -230,9 +242,14 @@ class Engine:
         """Missing values replaced by the key's own prediction so far."""
         return int(self._imputed.item())
 
+    @property
+    def outliers_total(self) -> int:
+        """Readings too far from their key's record to learn from (imputed, but scored) so far."""
+        return int(self._outliers.item())
+
     def swap_model(self, model: Forecaster, version: str) -> None:
         """Replace the forecaster with a compatible one (same state layout); raises ValueError if not."""
-        old, new = state_fields(self.model), state_fields(model)
+        old, new = state_fields(self.model, self.config), state_fields(model, self.config)
         if old != new or model.input_size != self.model.input_size:
             raise ValueError(
                 f"model {version}: state layout {new['hidden'].shape} with {model.n_values} values and "
@@ -377,7 +394,7 @@ class Engine:
         ``inputs`` (n, F [+ 4]) raw values then calendar features; ``out`` (n, 6 + 2F) receives
         the results (columns as in :meth:`step_wave`)."""
         cfg = self.config
-        sc = cfg.scoring
+        sc, ad = cfg.scoring, cfg.adapt
         f = self.n_values
         n = r.shape[0]
         banks = self.store.banks
@@ -386,39 +403,76 @@ class Engine:
         new_rows = [torch.empty_like(x) for x in rows]
         old, new = self._fields_of(rows, n), self._fields_of(new_rows, n)
         hidden, norm, pred = old["hidden"], old["norm"], old["pred"]
-        sc_state, track = old["scorer"], old["track"]
         steps, last_alert, last_ts = old["steps"], old["last_alert"], old["last_ts"]
         x = inputs[:, :f]  # (n, F)
         cal = inputs[:, f:] if self.calendar else None  # (n, 4)
 
         late = t < last_ts  # (n,)
-        z, mean, std = normalize(norm, x, cfg.features.clip)  # (n, F) each
+        active = ~late if self.drop_late else torch.ones_like(late)  # (n,) stepped events
+        wild = outliers(norm, x, cfg.features.outlier_factor, cfg.features.max_magnitude)  # (n, F)
+        z, mean, std = normalize(norm, x, cfg.features.clip)  # (n, F) each; an outlier at +-clip
         mu, sigma = pred[:, 0], pred[:, 1]  # (n, F) each
         has_pred = steps > 0  # (n,)
-        e, u = scoring.relative_error(z, mu, sigma, track)  # (n,), (n, F)
-        e = e * has_pred  # (n,)
-        score, short = scoring.score(sc_state, e, sc)  # (n,) each
-        beyond = scoring.out_of_range(x, track, sc.range_margin)  # (n,)
-        score = torch.where(beyond, torch.clamp(score, min=sc.range_score), score)  # (n,)
-        score = torch.where(steps >= sc.warmup, score, 0.0)  # (n,)
-        flag = scoring.flag(score, steps, last_alert, sc)  # (n,)
-        if self.drop_late:
-            active = ~late  # (n,)
-            flag = flag & active
-            learn = active & ~flag  # (n,)
-        else:
-            active = None  # every event is stepped
-            learn = ~flag  # (n,)
-        learn_pred = learn & has_pred  # (n,)
-        scoring.update(sc_state, short, learn_pred, sc, out=new["scorer"])
-        scoring.update_track(track, x, u, learn_pred, learn, sc.error_horizon, out=new["track"])
-        update_normalizer(norm, x, cfg.features.normalizer_horizon, learn, out=new["norm"])
 
-        missing = torch.isnan(z)  # (n, F)
-        self._imputed += (missing if active is None else missing & active.unsqueeze(1)).sum()
-        # A flagged event reaches the hidden state as the key's own prediction, like a missing value:
+        # The key's own forecast: the shared model's, corrected by what the key has learned.
+        b = adapt.profile_bin(t, ad.profile_bins)  # (n,)
+        pv = (
+            adapt.profile_value(old["profile"], b) if ad.profile_bins else torch.zeros_like(mu)
+        )  # (n, F)
+        phi = adapt.regressors(old["adapt"], mu, pv)  # (n, F, 4)
+        zhat = adapt.forecast(old["adapt"], phi, ad)  # (n, F)
+
+        # The views, their evidence against the key's tails, one combined score.
+        z_seen = torch.where(has_pred.unsqueeze(1), z, torch.nan)  # (n, F): nothing to judge yet
+        record = active & (steps >= cfg.features.normalizer_warmup)  # (n,) the records learn
+        s_feat, g, same, missing = views.per_feature(
+            old["track"], z_seen, zhat, sigma, pv, x, sc.error_horizon, record, out=new["track"]
+        )  # (n, 5), (n, F), (n,), (n,)
+        calib = old["calib"]  # (n, 3, V)
+        c_instant = calibrate.evidence(calib[:, :, : views.INSTANT + 1], s_feat[:, :1])[:, 0]  # (n,)
+        s_key = views.per_key(
+            old["keyrec"], c_instant, same, missing, sc.error_horizon, record, out=new["keyrec"]
+        )  # (n, 3)
+        s = torch.cat([s_feat, s_key], dim=1)  # (n, V)
+        c = calibrate.evidence(calib, s)  # (n, V)
+        evidence = scoring.combine(c, sc) * (steps >= sc.warmup)  # (n,)
+        score = scoring.score(evidence)  # (n,)
+        flag = scoring.flag(evidence, steps, last_alert, sc) & active  # (n,)
+        quiet = evidence < sc.evidence_threshold  # (n,) an event that looks anomalous teaches no tail
+        calibrate.update(
+            calib,
+            s,
+            self._caps,
+            old["keyrec"][:, views.SEEN],
+            record & quiet,
+            sc.calibration_prior,
+            sc.calibration_horizon,
+            out=new["calib"],
+        )
+
+        # What the key learns from: present, sane readings of unflagged, stepped events.
+        learn = active & ~flag  # (n,)
+        missing_f = torch.isnan(x)  # (n, F)
+        sane = ~missing_f & ~wild  # (n, F)
+        teach = sane & learn.unsqueeze(1)  # (n, F)
+        update_normalizer(
+            norm, torch.where(wild, torch.nan, x), cfg.features.normalizer_horizon, learn,
+            out=new["norm"],
+        )
+        # A flagged, missing or outlier reading reaches the hidden state as the key's own forecast:
         # one wild reading must not throw the next predictions off (nor become normal).
-        z_in = torch.where(missing | flag.unsqueeze(1), mu, z)  # (n, F)
+        z_in = torch.where(sane & ~flag.unsqueeze(1), z, zhat)  # (n, F)
+        adapt.update(
+            old["adapt"], phi, z, zhat, z_in, teach & has_pred.unsqueeze(1), ad, out=new["adapt"]
+        )
+        if ad.profile_bins:
+            adapt.update_profile(
+                old["profile"], b, z, old["adapt"][:, adapt.COUNT], teach, out=new["profile"]
+            )
+        else:
+            new["profile"].zero_()
+        self._imputed += (~sane & active.unsqueeze(1)).sum()
+        self._outliers += (wild & active.unsqueeze(1)).sum()
         inp = torch.cat([z_in, cal], dim=1) if cal is not None else z_in  # (n, I)
         new_pred = new["pred"]  # (n, 2, F)
         self.model.step(
@@ -428,21 +482,23 @@ class Engine:
         torch.add(steps, 1, out=new["steps"])
         torch.where(flag, steps, last_alert, out=new["last_alert"])
         torch.maximum(last_ts, t, out=new["last_ts"])
-        if active is not None:
+        if self.drop_late:
             # A dropped event leaves its key's state as it was (the step count included).
             for old_b, new_b in zip(rows, new_rows, strict=True):
                 torch.where(active.unsqueeze(1), new_b, old_b, out=new_b)
         for bank, new_b in zip(banks, new_rows, strict=True):
             bank.index_copy_(0, r, new_b)
 
+        rms = torch.sqrt(old["track"][:, views.Q])  # (n, F) the key's RMS standardised error
+        e = g.sum(dim=1) / (~missing_f).sum(dim=1).clamp_min(1)  # (n,)
         hp = has_pred.unsqueeze(1)  # (n, 1)
-        torch.where(hp, mean + std * mu, self._nan, out=out[:, _OUT_COLS : _OUT_COLS + f])
-        torch.where(hp, std * sigma, self._nan, out=out[:, _OUT_COLS + f :])
-        out[:, _ERROR] = e
+        torch.where(hp, mean + std * zhat, self._nan, out=out[:, _OUT_COLS : _OUT_COLS + f])
+        torch.where(hp, std * sigma * rms, self._nan, out=out[:, _OUT_COLS + f :])
+        out[:, _ERROR] = e * has_pred
         out[:, _SCORE] = score
         out[:, _FLAG] = flag
         out[:, _LATE] = late
-        out[:, _DROPPED] = False if active is None else ~active
+        out[:, _DROPPED] = ~active
         # Events since the last flag as the state holds it now (a dropped event left it as it was).
         kept_steps, kept_alert = new["steps"], new["last_alert"]
         out[:, _SINCE] = torch.where(kept_alert >= 0, kept_steps - 1 - kept_alert, -1)
@@ -462,4 +518,4 @@ class Engine:
         return self.store.snapshot(keys, extra={**meta, **(extra or {})})
 
     def restore(self, data: bytes) -> dict:
-        return self.store.restore(data)
+        return self.store.restore(data, required=REQUIRED_FIELDS)

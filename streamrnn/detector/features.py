@@ -67,6 +67,25 @@ def normalize(stats: Tensor, x: Tensor, clip: float) -> tuple[Tensor, Tensor, Te
     return z, mean, std
 
 
+# Readings a key must have seen before a reading far from them can be called an outlier.
+OUTLIER_MIN_COUNT = 8
+
+
+def outliers(stats: Tensor, x: Tensor, factor: float, max_magnitude: float) -> Tensor:
+    """Readings no normaliser should learn from: beyond ``max_magnitude``, or ``factor`` standard
+    deviations from the key's mean once it has seen ``OUTLIER_MIN_COUNT`` readings.
+
+    Inputs: stats (B, 3, F); x (B, F), NaN where missing. Output: (B, F) bool (False where missing).
+
+    >>> s = torch.tensor([[[50.0], [1.0], [4.0]]])  # 50 readings, mean 1, variance 4
+    >>> outliers(s, torch.tensor([[3e38]]), 1e4, 1e15).tolist(), outliers(s, torch.tensor([[9.0]]), 1e4, 1e15).tolist()
+    ([[True]], [[False]])
+    """
+    count, mean, var = stats.unbind(1)  # each (B, F)
+    far = (x - mean).abs() > factor * normalizer_std(mean, var)  # (B, F); NaN compares false
+    return (x.abs() > max_magnitude) | (far & (count >= OUTLIER_MIN_COUNT))
+
+
 def update_normalizer(
     stats: Tensor, x: Tensor, horizon: int, learn: Tensor, *, out: Tensor | None = None
 ) -> Tensor:

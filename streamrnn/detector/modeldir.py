@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..config import Config, ConfigError, dump_config, load_config
+from ..config import Config, ConfigError, dump_config, load_config, read_yaml
 from .features import N_CALENDAR, STD_ABS_FLOOR, STD_REL_FLOOR
 from .model import Forecaster
 
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS = "weights.pt"
 CONFIG = "config.yaml"
+# What a model directory's config.yaml contributes: the network, its inputs and how it was trained.
+MODEL_SECTIONS = ("model", "features", "training", "input")
 INFO = "model.json"
 NORMALIZATION = "normalization.json"
 FORMAT = 1
@@ -180,7 +182,9 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
         if not (d / name).is_file():
             raise ValueError(f"model directory {str(d)!r}: missing {name}")
     try:
-        config = load_config(d / CONFIG)
+        # The sections that define the model; scoring, state and the service are the user's.
+        raw = read_yaml(d / CONFIG)
+        config = load_config({k: raw[k] for k in MODEL_SECTIONS if k in raw})
     except ConfigError as e:
         raise ConfigError(f"{d / CONFIG}: {e}") from e
     try:

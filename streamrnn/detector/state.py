@@ -258,8 +258,13 @@ class StateStore:
         torch.save(payload, buf)
         return buf.getvalue()
 
-    def restore(self, data: bytes) -> dict:
-        """Load a snapshot's keys (replacing those keys' rows); returns the snapshot's ``extra``."""
+    def restore(self, data: bytes, required: Iterable[str] | None = None) -> dict:
+        """Load a snapshot's keys (replacing those keys' rows); returns the snapshot's ``extra``.
+
+        With ``required`` (field names), a snapshot of an older layout restores too: the fields it
+        holds with the current shape are loaded, the others start fresh (logged), and only a
+        required field that is missing or changed is an error. Without it, every field must match.
+        """
         payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         if payload.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(
@@ -267,17 +272,34 @@ class StateStore:
             )
         keys: list[str] = payload["keys"]
         fields: dict[str, Tensor] = payload["fields"]
-        if set(fields) != set(self.specs):
+        strict = required is None
+        if strict and set(fields) != set(self.specs):
             raise ValueError(f"snapshot fields must be {sorted(self.specs)}, got {sorted(fields)}")
+        loaded, fresh = [], []
         for name, spec in self.specs.items():
-            t = fields[name]
-            if tuple(t.shape[1:]) != spec.shape or t.dtype != spec.dtype:
+            t = fields.get(name)
+            ok = t is not None and tuple(t.shape[1:]) == spec.shape and t.dtype == spec.dtype
+            if ok:
+                loaded.append(name)
+                continue
+            if strict or name in (required or ()):
+                got = "missing" if t is None else f"{tuple(t.shape[1:])} {t.dtype}"
                 raise ValueError(
                     f"snapshot field {name} must have rows of shape {spec.shape} and dtype {spec.dtype}, "
-                    f"got {tuple(t.shape[1:])} {t.dtype}"
+                    f"got {got}"
                 )
+            fresh.append(name)
+        if fresh and keys:
+            log.warning(
+                "snapshot of an older state layout: %s start fresh for its %d key(s)",
+                ", ".join(fresh),
+                len(keys),
+            )
         if keys:
-            rows = torch.as_tensor(self.rows(keys), device=self.device)
-            for name in self.specs:
+            rows_np = self.rows(keys)
+            if fresh:
+                self.reset_rows(rows_np)
+            rows = torch.as_tensor(rows_np, device=self.device)
+            for name in loaded:
                 self.tensors[name][rows] = fields[name].to(self.device)
         return payload.get("extra", {})

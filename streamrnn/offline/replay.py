@@ -181,7 +181,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--time-column", default="timestamp", help="time column (default: timestamp)"
     )
-    parser.add_argument("--threshold", type=float, help="override scoring.threshold")
+    parser.add_argument(
+        "--false-alert-rate",
+        type=float,
+        help="override scoring.false_alert_rate (flags per event per key, e.g. 1e-4)",
+    )
     parser.add_argument("--device", help="override state.device (auto, cpu, cuda, cuda:N)")
     parser.add_argument(
         "--batch-size",
@@ -203,11 +207,11 @@ def resolve_replay_config(model_config: Config, args: argparse.Namespace) -> Con
         from ..config import read_yaml
 
         user = read_yaml(args.config)
-        for section in ("scoring", "features", "state", "input"):
+        for section in ("scoring", "adapt", "features", "state", "input"):
             if section in user:
                 base[section] = {**base.get(section, {}), **(user[section] or {})}
     return load_config(
-        base, overrides={"scoring.threshold": args.threshold, "state.device": args.device}
+        base, overrides={"scoring.false_alert_rate": args.false_alert_rate, "state.device": args.device}
     )
 
 

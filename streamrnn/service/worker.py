@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..alerting.incidents import Recovery
-from ..config import Config, ConfigError, InputConfig, ScoringConfig, StateConfig
+from ..config import AdaptConfig, Config, ConfigError, InputConfig, ScoringConfig, StateConfig
 from ..detector.engine import Engine
 from ..detector.modeldir import LoadedModel, load_model
 from ..times import iso_times
@@ -50,8 +50,8 @@ class ModelDirError(ValueError):
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """What the engine side needs: the model directory, the device, and the scoring, state and
-    input sections. ``scores``: encode every event's score too (``service.scores_topic`` set).
+    """What the engine side needs: the model directory, the device, and the scoring, state,
+    input and adapt sections. ``scores``: encode every event's score too (``service.scores_topic`` set).
     ``resolve_after_events``: report the events at which a key completes this many unflagged
     events in a row (0: none; set when an alert sink is configured); ``label_fields``: the
     input event's fields copied into alert messages (``alerts.labels``)."""
@@ -61,6 +61,7 @@ class EngineSettings:
     scoring: ScoringConfig
     state: StateConfig
     input: InputConfig
+    adapt: AdaptConfig = AdaptConfig()
     scores: bool = False
     resolve_after_events: int = 0
     label_fields: tuple[str, ...] = ()
@@ -76,6 +77,7 @@ class EngineSettings:
             scoring=config.scoring,
             state=config.state,
             input=config.input,
+            adapt=config.adapt,
             scores=bool(config.service.scores_topic),
             resolve_after_events=config.alerts.resolve_after_events if has_sink else 0,
             label_fields=tuple(dict.fromkeys(config.alerts.labels.values())),
@@ -85,7 +87,7 @@ class EngineSettings:
         """The engine's config: the model directory's ``model`` and ``features`` sections (the
         network and the normaliser it was trained with) with these settings' sections."""
         return dataclasses.replace(
-            model_config, scoring=self.scoring, state=self.state, input=self.input
+            model_config, scoring=self.scoring, state=self.state, input=self.input, adapt=self.adapt
         )
 
 
