@@ -134,7 +134,7 @@ def run_protocol(
         loaded = fold_model(models / protocol / name, train_s, cfg, retrain=retrain)
         # The model's architecture comes from its directory; scoring and features from cfg.
         engine = Engine(loaded.model, cfg, model_version=loaded.version)
-        write_results(out, replay_series(engine, test_s), None)
+        write_results(out, replay_series(engine, test_s), None, cfg.scoring.cooldown)
         print(
             f"{protocol} fold {i + 1} ({name}): model {loaded.version} from {len(train_s)} series, replayed {len(test_s)}; {time.perf_counter() - t1:.0f} s",
             flush=True,

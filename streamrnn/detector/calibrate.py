@@ -75,11 +75,11 @@ def update(
     """Tail statistics after this event, written into ``out`` (B, 3, V).
 
     Inputs: calib (B, 3, V); s (B, V); cap (V,) the largest excess each view learns; count (B,)
-    events learned so far; learn (B,) bool.
+    events learned so far; learn (B, V) bool.
     """
     a = (1.0 / torch.clamp(count + 1.0 + prior, max=horizon)).view(-1, 1, 1)  # (B, 1, 1)
     over = (s > TAIL_START).to(s.dtype)  # (B, V)
     y = torch.minimum((s - TAIL_START).clamp_min(0.0), cap) * over  # (B, V)
     obs = torch.stack([over, y, y * y], dim=1)  # (B, 3, V)
     new = calib + a * (obs - calib)  # (B, 3, V)
-    return torch.where(learn.view(-1, 1, 1), new, calib, out=out)
+    return torch.where(learn.unsqueeze(1), new, calib, out=out)

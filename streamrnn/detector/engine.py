@@ -229,6 +229,7 @@ class Engine:
         self._imputed = torch.zeros((), dtype=torch.int64, device=self.device)
         self._outliers = torch.zeros((), dtype=torch.int64, device=self.device)
         self._caps = torch.tensor(views.EXCESS_CAPS, device=self.device)
+        self._guarded = torch.tensor(views.GUARDED, device=self.device)
         self._nan = torch.tensor(float("nan"), device=self.device)
         self._layout = {
             name: (*self.store.field_slice(name), spec.dtype, spec.shape)
@@ -438,13 +439,14 @@ class Engine:
         evidence = scoring.combine(c, sc) * (steps >= sc.warmup)  # (n,)
         score = scoring.score(evidence)  # (n,)
         flag = scoring.flag(evidence, steps, last_alert, sc) & active  # (n,)
-        quiet = evidence < sc.evidence_threshold  # (n,) an event that looks anomalous teaches no tail
+        # An event that looks anomalous teaches the binomial views' tails nothing (views.GUARDED).
+        quiet = (evidence < sc.evidence_threshold).unsqueeze(1) | ~self._guarded  # (n, V)
         calibrate.update(
             calib,
             s,
             self._caps,
             old["keyrec"][:, views.SEEN],
-            record & quiet,
+            record.unsqueeze(1) & quiet,
             sc.calibration_prior,
             sc.calibration_horizon,
             out=new["calib"],

@@ -42,6 +42,8 @@ NAMES = ("instant", "level", "shift", "drift", "variance", "sustained", "stuck",
 
 # The largest excess over the tail start each view's calibration learns (calibrate.py).
 EXCESS_CAPS = (20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 4.0, 4.0)
+# Views whose tails learn only from events that do not look anomalous (calibrate.py).
+GUARDED = (False, False, False, False, False, False, True, True)
 
 # Per-key, per-feature record rows.
 Q, D, M5, M60, M600, KS, KD, V20, X_PREV, COUNT = range(10)

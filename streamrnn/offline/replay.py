@@ -4,8 +4,10 @@ Every input file is one key (or one key per value of ``--key-column``). Rows go 
 engine as the live service, in file order per key; keys are interleaved row by row so that each
 wave steps every key once. Batch invariance makes the result independent of that interleaving
 and of ``--batch-size``. For each input file, ``OUT/<its path relative to the data dir>`` gets
-``timestamp``, the value columns, ``anomaly_score`` (6 decimals), ``is_anomaly`` (the detector's own
-decision), ``prediction``, ``scale`` and ``error`` (the standardised error relative to the key's recent errors).
+``timestamp``, the value columns, ``anomaly_score`` (6 decimals: the score the row could alert
+with, 0 while its key cools down after an alert, as NAB's scorer should see it), ``is_anomaly``
+(the detector's own decision), ``prediction``, ``scale``, ``error`` (the standardised error
+relative to the key's long-run RMS error) and ``score`` (the key's score as it is).
 """
 
 from __future__ import annotations
@@ -113,8 +115,18 @@ def _fmt(x: float) -> str:
     return "" if not np.isfinite(x) else f"{x:.6f}"
 
 
-def write_results(out_dir: Path, items: list[KeyResult], key_column: str | None) -> list[Path]:
-    """One CSV per input file (keys of a long-format file are written together, in key order)."""
+def alert_scores(r: Results, cooldown: int) -> np.ndarray:
+    """The score each row could raise an alert with: the score, but 0 while the key cools down
+    after an alert (one alert per incident, as the service pages). Output: (N,) float32."""
+    cooling = (r.since_flag >= 1) & (r.since_flag <= cooldown)
+    return np.where(cooling, 0.0, r.score).astype(np.float32)
+
+
+def write_results(
+    out_dir: Path, items: list[KeyResult], key_column: str | None, cooldown: int
+) -> list[Path]:
+    """One CSV per input file (keys of a long-format file are written together, in key order).
+    ``anomaly_score`` is :func:`alert_scores`; ``score`` the key's score as it is."""
     by_file: dict[str, list[KeyResult]] = defaultdict(list)
     for it in items:
         by_file[it.series.relpath].append(it)
@@ -137,12 +149,14 @@ def write_results(out_dir: Path, items: list[KeyResult], key_column: str | None)
             "is_anomaly",
             *pred_cols,
             "error",
+            "score",
         ]
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(header)
             for it in group:
                 s, r = it.series, it.results
+                alert = alert_scores(r, cooldown)
                 for i, ts in enumerate(s.timestamps):
                     vals = [_fmt(v) for v in s.values[i]]
                     preds = [_fmt(v) for v in r.prediction[i]] + [_fmt(v) for v in r.scale[i]]
@@ -153,10 +167,11 @@ def write_results(out_dir: Path, items: list[KeyResult], key_column: str | None)
                             ts,
                             *([s.key] if key_column else []),
                             *vals,
-                            f"{r.score[i]:.6f}",
+                            f"{alert[i]:.6f}",
                             int(r.flag[i]),
                             *preds,
                             _fmt(r.error[i]),
+                            f"{r.score[i]:.6f}",
                         ]
                     )
         written.append(path)
@@ -239,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(loaded.model, cfg, device=device, model_version=loaded.version)
     items = replay_series(engine, series, batch_size=args.batch_size)
     out_dir = Path(args.out)
-    written = write_results(out_dir, items, args.key_column)
+    written = write_results(out_dir, items, args.key_column, cfg.scoring.cooldown)
     n_events = sum(len(it.series.times) for it in items)
     n_flags = sum(int(it.results.flag.sum()) for it in items)
     if args.plot:
