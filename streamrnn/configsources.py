@@ -28,7 +28,6 @@ from typing import Any, Literal
 import yaml
 
 from .config import (
-    parse_yaml,
     Config,
     ConfigError,
     Label,
@@ -36,6 +35,7 @@ from .config import (
     build_section,
     is_section,
     optional_of,
+    parse_yaml,
     read_source,
     set_dotted,
     to_plain,

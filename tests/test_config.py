@@ -40,7 +40,10 @@ def test_config_is_frozen() -> None:
         ("model:\n  hiden_size: 8\n", "model.hiden_size: unknown key (known: "),
         ("modle:\n  cell: gru\n", "modle: unknown key (known: "),
         ("model: 3\n", "model: must be a mapping, got 3"),
-        ("scoring:\n  false_alert_rate: 1.5\n", "scoring.false_alert_rate: must be in (0, 1), got 1.5"),
+        (
+            "scoring:\n  false_alert_rate: 1.5\n",
+            "scoring.false_alert_rate: must be in (0, 1), got 1.5",
+        ),
         (
             "scoring:\n  threshold: 0.8\n",
             "scoring.threshold: replaced by scoring.false_alert_rate (flags per event per key",

@@ -94,6 +94,7 @@ def test_replay_scores_injected_spike_highest(trained: tuple[Path, Path]) -> Non
         "prediction",
         "scale",
         "error",
+        "score",
     ]
     score = np.array([float(r["anomaly_score"]) for r in rows])
     flag = np.array([int(r["is_anomaly"]) for r in rows])

@@ -3,9 +3,13 @@
 The forecaster is shared by every key of a stream class; each key owns two small learners that
 follow its own stream while it runs, batched across the keys of a wave:
 
-- **Profile.** ``bins`` time-of-day bins per feature hold the key's usual normalised value at that
-  time of day: ``P[b] += rate * (z - P[b])`` with ``rate = max(0.05, bins / (n + bins))``, a
-  cumulative mean per bin at first and an exponential one (about 20 visits) after.
+- **Profile.** ``bins`` time-of-day bins per feature hold the key's usual value at that time of
+  day, in its own units (so that it does not depend on how the normaliser saw the key when the
+  bin was learned; it is normalised when used): the first reading of a bin, then ``P[b] += rate * (z - P[b])`` with
+  ``rate = max(0.05, bins / (n + bins))``, about a cumulative mean per bin at first and an
+  exponential one (about 20 visits) after. A bin never visited is NaN: the corrector then uses the
+  model's forecast in its place, and the level view says nothing (a young profile judged the
+  first day's readings against 0 and taught the level view a spread it kept for days).
 - **Corrector.** The forecast is ``zhat = w . phi`` with ``phi = [1, mu, z_prev, P[b]]``: the
   model's forecast ``mu``, the key's previous input and its profile value, weights starting at
   ``w = [0, 1, 0, 0]`` (the model's forecast as it is). After each event the weights take one
@@ -105,19 +109,19 @@ def update_profile(
 ) -> Tensor:
     """The profile after this event, written into ``out`` (B, bins, F).
 
-    Inputs: profile (B, bins, F); b (B,); z (B, F); count (B, F) readings the key has taught so far;
+    Inputs: profile (B, bins, F); b (B,); z (B, F) raw readings; count (B, F) readings the key has taught so far;
     learn (B, F) bool.
     """
     bins = profile.shape[1]
     out.copy_(profile)
     idx = b.view(-1, 1, 1).expand(-1, 1, profile.shape[2])  # (B, 1, F)
-    old = profile.gather(1, idx).squeeze(1)  # (B, F)
+    old = profile.gather(1, idx).squeeze(1)  # (B, F), NaN where the bin was never visited
     rate = torch.clamp(bins / (count + bins), min=PROFILE_MIN_RATE)  # (B, F)
-    new = torch.where(learn, old + rate * torch.nan_to_num(z - old), old)  # (B, F)
+    step = torch.where(torch.isnan(old), z, old + rate * (z - old))  # (B, F)
+    new = torch.where(learn, step, old)  # (B, F)
     return out.scatter_(1, idx, new.unsqueeze(1))
 
 
 def bytes_per_feature(bins: int) -> int:
     """State bytes per key and feature that adaptation adds (float32)."""
     return 4 * (N_ADAPT + max(bins, 1))
-

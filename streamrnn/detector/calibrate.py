@@ -37,7 +37,7 @@ TAIL_START = 1.0
 _E0 = math.exp(-TAIL_START)
 CALIB_INIT = (_E0, _E0 * 1.0, _E0 * 2.0)  # a unit exponential excess
 
-XI_MAX = 0.45
+XI_MAX = 0.25
 _LN10 = math.log(10.0)
 
 

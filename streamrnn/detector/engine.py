@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -135,7 +136,7 @@ def state_fields(model: Forecaster, config: Config) -> dict[str, FieldSpec]:
             (2, f), torch.float32, init=(0.0, 1.0)
         ),  # pending prediction: mean, scale (normalised)
         "adapt": FieldSpec((adapt.N_ADAPT, f), torch.float32, init=adapt.ADAPT_INIT),
-        "profile": FieldSpec((bins, f), torch.float32),
+        "profile": FieldSpec((bins, f), torch.float32, init=math.nan),
         "track": FieldSpec((views.N_TRACK, f), torch.float32, init=views.TRACK_INIT),
         "keyrec": FieldSpec((views.N_KEYREC,), torch.float32, init=views.KEYREC_INIT),
         "calib": FieldSpec(
@@ -418,19 +419,32 @@ class Engine:
         # The key's own forecast: the shared model's, corrected by what the key has learned.
         b = adapt.profile_bin(t, ad.profile_bins)  # (n,)
         pv = (
-            adapt.profile_value(old["profile"], b) if ad.profile_bins else torch.zeros_like(mu)
-        )  # (n, F)
-        phi = adapt.regressors(old["adapt"], mu, pv)  # (n, F, 4)
+            (adapt.profile_value(old["profile"], b) - mean) / std
+            if ad.profile_bins
+            else torch.zeros_like(mu)
+        )  # (n, F) normalised, NaN where the bin was never visited
+        phi = adapt.regressors(old["adapt"], mu, torch.where(torch.isnan(pv), mu, pv))  # (n, F, 4)
         zhat = adapt.forecast(old["adapt"], phi, ad)  # (n, F)
 
         # The views, their evidence against the key's tails, one combined score.
         z_seen = torch.where(has_pred.unsqueeze(1), z, torch.nan)  # (n, F): nothing to judge yet
         record = active & (steps >= cfg.features.normalizer_warmup)  # (n,) the records learn
         s_feat, g, same, missing = views.per_feature(
-            old["track"], z_seen, zhat, sigma, pv, x, sc.error_horizon, record, out=new["track"]
+            old["track"],
+            z_seen,
+            zhat,
+            sigma,
+            pv,
+            x,
+            sc.error_horizon,
+            record,
+            sc.evidence_threshold * math.log(10.0),
+            out=new["track"],
         )  # (n, 5), (n, F), (n,), (n,)
         calib = old["calib"]  # (n, 3, V)
-        c_instant = calibrate.evidence(calib[:, :, : views.INSTANT + 1], s_feat[:, :1])[:, 0]  # (n,)
+        c_instant = calibrate.evidence(calib[:, :, : views.INSTANT + 1], s_feat[:, :1])[
+            :, 0
+        ]  # (n,)
         s_key = views.per_key(
             old["keyrec"], c_instant, same, missing, sc.error_horizon, record, out=new["keyrec"]
         )  # (n, 3)
@@ -458,7 +472,10 @@ class Engine:
         sane = ~missing_f & ~wild  # (n, F)
         teach = sane & learn.unsqueeze(1)  # (n, F)
         update_normalizer(
-            norm, torch.where(wild, torch.nan, x), cfg.features.normalizer_horizon, learn,
+            norm,
+            torch.where(wild, torch.nan, x),
+            cfg.features.normalizer_horizon,
+            learn,
             out=new["norm"],
         )
         # A flagged, missing or outlier reading reaches the hidden state as the key's own forecast:
@@ -468,8 +485,14 @@ class Engine:
             old["adapt"], phi, z, zhat, z_in, teach & has_pred.unsqueeze(1), ad, out=new["adapt"]
         )
         if ad.profile_bins:
+            # Only readings normalised by a warm normaliser shape the profile.
             adapt.update_profile(
-                old["profile"], b, z, old["adapt"][:, adapt.COUNT], teach, out=new["profile"]
+                old["profile"],
+                b,
+                x,
+                old["adapt"][:, adapt.COUNT],
+                teach & record.unsqueeze(1),
+                out=new["profile"],
             )
         else:
             new["profile"].zero_()

@@ -59,9 +59,7 @@ def score(evidence: Tensor) -> Tensor:
     return evidence / (evidence + SCORE_HALF)
 
 
-def flag(
-    evidence: Tensor, steps: Tensor, last_alert: Tensor, cfg: ScoringConfig
-) -> Tensor:
+def flag(evidence: Tensor, steps: Tensor, last_alert: Tensor, cfg: ScoringConfig) -> Tensor:
     """Flag rule. Inputs: combined evidence (B,), steps seen before this event (B,), step of the
     last alert (B,) (negative when none). Output: (B,) bool."""
     past_warmup = steps >= cfg.warmup  # (B,)

@@ -46,16 +46,17 @@ EXCESS_CAPS = (20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 4.0, 4.0)
 GUARDED = (False, False, False, False, False, False, True, True)
 
 # Per-key, per-feature record rows.
-Q, D, M5, M60, M600, KS, KD, V20, X_PREV, COUNT = range(10)
-N_TRACK = 10
-TRACK_INIT = (1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, float("nan"), 0.0)
+Q, D, M5, M60, M600, KS, KD, V20, X_PREV, COUNT, D_COUNT = range(11)
+N_TRACK = 11
+TRACK_INIT = (1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, float("nan"), 0.0, 0.0)
 # Per-key record columns.
 SUST, SUST_MEAN, SUST_VAR, STUCK_Q, STUCK_P, GAP_Q, GAP_P, SEEN = range(8)
 N_KEYREC = 8
 KEYREC_INIT = (0.0, 0.0, 1.0, 0.0, 0.02, 0.0, 0.02, 0.0)
 
 MS_FLOOR = 1e-4  # long-run mean squares never fall below this (normalised units)
-SQ_MAX = 25.0  # squared errors are winsorised at 5 RMS when learned
+SQ_MAX = 25.0
+LOUD_RATE = 0.1  # the mean squares' rate for a reading that looks anomalous  # squared errors are winsorised at 5 RMS when learned
 VAR_SQ_MAX = 9.0  # and at 3 RMS in the variance view
 SUST_BOUND = 4.0  # evidence one reading adds to the sustained average at most
 RECENT = 20.0  # events of the recent shares (stuck, gap) and of the variance view
@@ -63,7 +64,7 @@ RARE_PRIOR = 50.0  # events of prior (2%) behind the long-run shares
 RARE_HORIZON = 2000.0
 
 
-def _ew(old: Tensor, x: Tensor, h: float) -> Tensor:
+def _ew(old: Tensor, x: Tensor, h: float | Tensor) -> Tensor:
     return old + (x - old) / h
 
 
@@ -84,13 +85,17 @@ def per_feature(
     x: Tensor,
     horizon: float,
     learn: Tensor,
+    loud: float,
     *,
     out: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The per-feature views of one event and the records after it (written into ``out``).
 
     Inputs: track (B, N_TRACK, F); z, zhat, sigma, pv (B, F), z NaN where missing; x (B, F) raw;
-    horizon: events of the long-run RMS records; learn (B,) bool, whether the records learn.
+    horizon: events of the long-run RMS records; learn (B,) bool, whether the records learn;
+    loud: a statistic above which the reading looks anomalous, and the mean squares learn from it
+    at a tenth of their rate (a drift otherwise grew its own record geometrically, 2.5% an
+    event through the winsorisation, and was never flagged).
     Outputs: s (B, 5) the statistics instant, level, shift, drift, variance (largest over the
     present features); g (B, F) the standardised error; same (B,) bool, every present reading
     equals the previous one; missing (B,) bool, a value is missing.
@@ -102,11 +107,14 @@ def per_feature(
     u = (zz - zhat) / sigma  # (B, F)
     u2 = u * u
     g2 = u2 / track[:, Q]  # (B, F)
-    d = zz - pv  # (B, F)
+    visited = ~torch.isnan(pv)  # (B, F): the profile knows this time of day
+    d = torch.nan_to_num(zz - pv)  # (B, F)
     d2 = d * d
-    m5 = torch.where(n1 > 1, _ew(track[:, M5], zz, 5.0), zz)  # (B, F)
-    m60 = torch.where(n1 > 1, _ew(track[:, M60], zz, torch.clamp(n1, max=60.0)), zz)
-    m600 = torch.where(n1 > 1, _ew(track[:, M600], zz, torch.clamp(n1, max=600.0)), zz)
+    # Shift and drift look at the reading less its time of day, where the profile knows it.
+    base = torch.where(visited, d, zz)  # (B, F)
+    m5 = torch.where(n1 > 1, _ew(track[:, M5], base, 5.0), base)  # (B, F)
+    m60 = torch.where(n1 > 1, _ew(track[:, M60], base, torch.clamp(n1, max=60.0)), base)
+    m600 = torch.where(n1 > 1, _ew(track[:, M600], base, torch.clamp(n1, max=600.0)), base)
     sh2 = (m5 - m60) ** 2  # (B, F)
     dr2 = (m60 - m600) ** 2  # (B, F)
     v = _ew(track[:, V20], torch.clamp(g2, max=VAR_SQ_MAX), torch.clamp(n1, max=RECENT))  # (B, F)
@@ -122,16 +130,23 @@ def per_feature(
     )  # (B, 5, F)
     warm = (n1 > 2).unsqueeze(1)  # (B, 1, F): two readings before any record means anything
     stats = torch.where(present.unsqueeze(1) & warm, stats, 0.0)
+    stats[:, LEVEL] = stats[:, LEVEL] * visited
     s = stats.amax(dim=2)  # (B, 5)
 
-    def mean_square(i: int, sq: Tensor) -> Tensor:
+    slow = torch.where(stats.amax(dim=1) > loud, LOUD_RATE, 1.0)  # (B, F)
+
+    def mean_square(i: int, sq: Tensor, a: Tensor = a) -> Tensor:
         old = track[:, i]
-        return (old + a * (torch.clamp(sq, max=SQ_MAX * old) - old)).clamp_min(MS_FLOOR)
+        return (old + slow * a * (torch.clamp(sq, max=SQ_MAX * old) - old)).clamp_min(MS_FLOOR)
+
+    dn1 = track[:, D_COUNT] + 1.0  # (B, F) the level record counts only visited times of day
+    a_d = 1.0 / torch.clamp(dn1 + 1.0, max=horizon)
 
     lp = present & learn.unsqueeze(1)  # (B, F)
     rows = (
         (Q, mean_square(Q, u2)),
-        (D, mean_square(D, d2)),
+        (D, torch.where(visited, mean_square(D, d2, a_d), track[:, D])),
+        (D_COUNT, torch.where(visited, dn1, track[:, D_COUNT])),
         (M5, m5),
         (M60, m60),
         (M600, m600),

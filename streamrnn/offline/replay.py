@@ -226,7 +226,8 @@ def resolve_replay_config(model_config: Config, args: argparse.Namespace) -> Con
             if section in user:
                 base[section] = {**base.get(section, {}), **(user[section] or {})}
     return load_config(
-        base, overrides={"scoring.false_alert_rate": args.false_alert_rate, "state.device": args.device}
+        base,
+        overrides={"scoring.false_alert_rate": args.false_alert_rate, "state.device": args.device},
     )
 
 
