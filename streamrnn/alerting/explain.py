@@ -227,7 +227,7 @@ def replay_trace(
 
     loaded = load_model(model_dir)
     cfg = resolve_replay_config(
-        loaded.config, argparse.Namespace(config=config, threshold=None, device=None)
+        loaded.config, argparse.Namespace(config=config, false_alert_rate=None, device=None)
     )
     names = list(loaded.feature_names)
     if feature is not None and feature not in names:
