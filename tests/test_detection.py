@@ -135,3 +135,11 @@ def test_each_anomaly_type_is_flagged_at_strong_intensity(loaded, kind: str, del
     assert flag[:, 200:at].sum() <= 2, np.argwhere(flag[:, 200:at])
     caught = [_flagged_within(f, at, delay) for f in flag]
     assert all(caught), caught
+
+
+def test_missing_values_among_a_keys_first_readings_are_imputed_and_counted(loaded) -> None:  # type: ignore[no-untyped-def]
+    engine = Engine(loaded.model, config(loaded))
+    values = np.array([[np.nan], [np.nan], [10.0], [10.5]], dtype=np.float32)
+    r = engine.process(["k"] * 4, T0 + STEP * np.arange(4), values)
+    assert engine.imputed_total == 2
+    assert torch.isfinite(engine.store.tensors["hidden"]).all() and np.isfinite(r.score).all()
