@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from streamrnn.config import Config, load_config, set_dotted
 from streamrnn.detector.engine import Engine, Results
