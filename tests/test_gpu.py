@@ -24,7 +24,7 @@ from devicetools import (
     snapshot_round_trip,
 )
 
-from streamrnn.detector.engine import _Staging
+from streamrnn.detector.host import Staging
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -62,7 +62,7 @@ def test_gpu_transfer_path_on_the_cpu(late: str) -> None:
     cfg = gap_config(late=late)
     keys, times, values = gap_stream()
     plain, staged = make_engine("cpu", cfg), make_engine("cpu", cfg)
-    staged._staging = _Staging(torch.device("cpu"))
+    staged._staging = Staging(torch.device("cpu"))
     sizes = [37, 1, 64, 11, 200]  # the buffers grow, then serve smaller batches
     want = run_stream(plain, keys, times, values, sizes)
     got = run_stream(staged, keys, times, values, sizes)
