@@ -236,6 +236,11 @@ class InputConfig:
     values_field: str = "values"
     # Names of the value features, in order. Empty: one feature named after value_field.
     features: tuple[str, ...] = ()
+    # The scored, predicted fields of `values`, in order (empty: input.features, else the model's).
+    targets: tuple[str, ...] = ()
+    # Fields of `values` that steer the forecast but are never scored (temperature for demand);
+    # empty: the model's. A missing covariate is imputed and counted, never flagged.
+    covariates: tuple[str, ...] = ()
     # Events older than their key's last event: "score" them anyway, or "drop" to the DLQ.
     late_events: LatePolicy = "score"
     # Event times outside [min_event_time, max_event_time] (ISO 8601) go to the dead-letter
@@ -752,8 +757,27 @@ def _check_sasl(k: KafkaConfig, prefix: str, fail: Callable[[str, str, Any], Non
 
 
 def _check_input(c: InputConfig, prefix: str, label: Label) -> None:
-    """The event-time window is not empty."""
+    """The event-time window is not empty; targets and covariates are distinct names."""
     from .times import parse_iso
+
+    for name in ("features", "targets", "covariates"):
+        names = getattr(c, name)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(
+                f"{label(prefix + name)}: names must be distinct, got {dup[0]!r} twice"
+            )
+    targets = c.targets or c.features
+    if c.targets and c.features and c.targets != c.features:
+        raise ConfigError(
+            f"{label(prefix + 'targets')}: must equal {prefix}features when both are set, "
+            f"got {list(c.targets)} and {list(c.features)}"
+        )
+    both = [n for n in c.covariates if n in targets]
+    if both:
+        raise ConfigError(
+            f"{label(prefix + 'covariates')}: {both[0]!r} is also a target; a field is one or the other"
+        )
 
     if parse_iso(c.max_event_time) <= parse_iso(c.min_event_time):
         raise ConfigError(

@@ -29,7 +29,14 @@ from torch import Tensor
 
 from ..config import Config
 from . import adapt, calibrate, scoring, views
-from .features import N_CALENDAR, calendar_features, normalize, outliers, update_normalizer
+from .features import (
+    N_CALENDAR,
+    calendar_features,
+    covariate_inputs,
+    normalize,
+    outliers,
+    update_normalizer,
+)
 from .host import Staging, intra_op_threads, tune_malloc
 from .model import Forecaster
 from .state import FieldSpec, StateStore
@@ -69,9 +76,17 @@ class Results:
 
 def state_fields(model: Forecaster, config: Config) -> dict[str, FieldSpec]:
     """The per-key state: the recurrent state, the normaliser, the pending prediction, the
-    adaptation (adapt.py), the views' records (views.py), their calibration (calibrate.py)."""
+    adaptation (adapt.py), the views' records (views.py), their calibration (calibrate.py); for
+    a model with covariates, their normaliser and last readings (absent without, so such a
+    model's state is laid out as before covariates existed)."""
     f = model.n_values
     bins = max(config.adapt.profile_bins, 1)
+    c = model.n_covariates
+    covariates = {  # count, mean, var; the last sane raw reading; the last event's target input
+        "cnorm": FieldSpec((3, c), torch.float32),
+        "clast": FieldSpec((c,), torch.float32, init=math.nan),
+        "zprev": FieldSpec((f,), torch.float32),
+    }
     return {
         "hidden": FieldSpec((model.num_layers, model.slots, model.hidden_size), torch.float32),
         "norm": FieldSpec((3, f), torch.float32),  # count, mean, var per feature
@@ -88,6 +103,7 @@ def state_fields(model: Forecaster, config: Config) -> dict[str, FieldSpec]:
         "steps": FieldSpec((), torch.int64),
         "last_alert": FieldSpec((), torch.int64, init=-1.0),
         "last_ts": FieldSpec((), torch.float64, init=float("-inf")),
+        **(covariates if c else {}),
     }
 
 
@@ -112,12 +128,16 @@ class Engine:
             tune_malloc()
         self.model = model.to(self.device).eval()
         self.model_version = model_version
-        self.calendar = model.input_size - model.n_values == N_CALENDAR
-        if not self.calendar and model.input_size != model.n_values:
+        own = model.n_values + model.n_covariates
+        self.calendar = model.input_size - own == N_CALENDAR
+        if not self.calendar and model.input_size != own:
             raise ValueError(
-                f"model input size must be n_values or n_values + {N_CALENDAR}, got {model.input_size}"
+                f"model input size must be n_values + n_covariates ({own}) or that + "
+                f"{N_CALENDAR}, got {model.input_size}"
             )
         self.n_values = model.n_values
+        self.n_covariates = model.n_covariates
+        self.n_inputs = own  # the columns of ``values``: targets, then covariates
         self.store = StateStore(
             state_fields(model, config),
             max_keys=config.state.max_keys,
@@ -139,7 +159,8 @@ class Engine:
 
     @property
     def imputed_total(self) -> int:
-        """Missing values replaced by the key's own prediction so far."""
+        """Missing values replaced by the key's own prediction (a target) or its last reading
+        (a covariate) so far."""
         return int(self._imputed.item())
 
     @property
@@ -152,9 +173,10 @@ class Engine:
         old, new = state_fields(self.model, self.config), state_fields(model, self.config)
         if old != new or model.input_size != self.model.input_size:
             raise ValueError(
-                f"model {version}: state layout {new['hidden'].shape} with {model.n_values} values and "
-                f"input size {model.input_size} is incompatible with the live state "
-                f"{old['hidden'].shape} with {self.model.n_values} values and input size {self.model.input_size}"
+                f"model {version}: state layout {new['hidden'].shape} with {model.n_values} values, "
+                f"{model.n_covariates} covariates and input size {model.input_size} is incompatible "
+                f"with the live state {old['hidden'].shape} with {self.model.n_values} values, "
+                f"{self.model.n_covariates} covariates and input size {self.model.input_size}"
             )
         self.model = model.to(self.device).eval()
         self.model_version = version
@@ -162,17 +184,18 @@ class Engine:
     def process(self, keys: Sequence[str], times: np.ndarray, values: np.ndarray) -> Results:
         """Score a batch of events in arrival order.
 
-        Inputs: keys (N,) strings; times (N,) float64 epoch seconds; values (N, F) float, NaN where
-        missing. Output: :class:`Results`.
+        Inputs: keys (N,) strings; times (N,) float64 epoch seconds; values (N, F + C) float, the
+        F targets then the C covariates (none for a model without), NaN where missing.
+        Output: :class:`Results`, which covers the targets only.
         """
         n = len(keys)
         times = np.asarray(times, dtype=np.float64)
         values = np.asarray(values, dtype=np.float32)
         if values.ndim == 1:
             values = values[:, None]
-        if times.shape != (n,) or values.shape != (n, self.n_values):
+        if times.shape != (n,) or values.shape != (n, self.n_inputs):
             raise ValueError(
-                f"times must have shape ({n},) and values ({n}, {self.n_values}), "
+                f"times must have shape ({n},) and values ({n}, {self.n_inputs}), "
                 f"got {times.shape} and {values.shape}"
             )
         if n > self.store.max_keys and len(set(keys)) > self.store.max_keys:
@@ -210,9 +233,9 @@ class Engine:
         self, rows: np.ndarray, order: np.ndarray, times: np.ndarray, values: np.ndarray
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """The batch on the device in wave order, in one copy: rows (N,) int64, times (N,)
-        float64, inputs (N, F [+ 4]) float32 (values, then calendar features), and on a CUDA
-        device the wave order itself (N,) (else None)."""
-        f = self.n_values
+        float64, inputs (N, F + C [+ 4]) float32 (targets, covariates, then calendar features),
+        and on a CUDA device the wave order itself (N,) (else None)."""
+        f = self.n_inputs
         n = len(rows)
         width = 2 + f + (N_CALENDAR if self.calendar else 0)
         if self._staging is None:
@@ -258,7 +281,7 @@ class Engine:
         self, rows: Tensor, times: Tensor, values: Tensor, calendar: Tensor | None = None
     ) -> Tensor:
         """One wave on the device, without the host: the state rows ``rows`` (W,) (distinct, resident)
-        take one step with ``times`` (W,) float64, ``values`` (W, F) and ``calendar`` (W, 4) when
+        take one step with ``times`` (W,) float64, ``values`` (W, F + C) and ``calendar`` (W, 4) when
         the model takes calendar inputs. Returns the wave's results (W, 6 + 2F) on the device:
         error, score, flag, late, dropped, events since the last flag, then prediction (F) and
         scale (F).
@@ -291,8 +314,8 @@ class Engine:
 
     def _wave(self, r: Tensor, t: Tensor, inputs: Tensor, out: Tensor) -> None:
         """One wave: every row of ``r`` (n,) at most once. ``t`` (n,) float64 event times;
-        ``inputs`` (n, F [+ 4]) raw values then calendar features; ``out`` (n, 6 + 2F) receives
-        the results (columns as in :meth:`step_wave`)."""
+        ``inputs`` (n, F + C [+ 4]) raw targets, raw covariates, then calendar features; ``out``
+        (n, 6 + 2F) receives the results (columns as in :meth:`step_wave`)."""
         # The hot path, deliberately one function (about 130 lines): its stages (forecast, views,
         # calibration, flag, learning, step) share two dozen per-wave tensors that would otherwise
         # cross function boundaries as arguments each wave. Each stage is a module of its own
@@ -300,6 +323,7 @@ class Engine:
         cfg = self.config
         sc, ad = cfg.scoring, cfg.adapt
         f = self.n_values
+        fc = self.n_inputs
         n = r.shape[0]
         banks = self.store.banks
         rows = [bank.index_select(0, r) for bank in banks]  # one gather per bank: (n, width) each
@@ -308,13 +332,22 @@ class Engine:
         old, new = self._fields_of(rows, n), self._fields_of(new_rows, n)
         hidden, norm, pred = old["hidden"], old["norm"], old["pred"]
         steps, last_alert, last_ts = old["steps"], old["last_alert"], old["last_ts"]
-        x = inputs[:, :f]  # (n, F)
-        cal = inputs[:, f:] if self.calendar else None  # (n, 4)
+        x = inputs[:, :f]  # (n, F) the targets: everything below scores these alone
+        cal = inputs[:, fc:] if self.calendar else None  # (n, 4)
 
         late = t < last_ts  # (n,)
         active = ~late if self.drop_late else torch.ones_like(late)  # (n,) stepped events
         wild = outliers(norm, x, cfg.features.outlier_factor, cfg.features.max_magnitude)  # (n, F)
         z, mean, std = normalize(norm, x, cfg.features.clip)  # (n, F) each; an outlier at +-clip
+        if fc > f:
+            # With covariates the step comes first: the covariates (and calendar) of this event
+            # and the key's previous target input give this event's forecast (training.py).
+            parts = [old["zprev"], self._covariates(old, new, inputs[:, f:fc], active)]
+            pred = new["pred"]  # (n, 2, F) this event's forecast, fresh
+            inp = torch.cat(parts + ([cal] if cal is not None else []), dim=1)  # (n, I)
+            self.model.step(
+                inp, hidden, out=new["hidden"], mean_out=pred[:, 0], scale_out=pred[:, 1]
+            )
         mu, sigma = pred[:, 0], pred[:, 1]  # (n, F) each
         has_pred = steps > 0  # (n,)
 
@@ -400,11 +433,15 @@ class Engine:
             new["profile"].zero_()
         self._imputed += (~sane & active.unsqueeze(1)).sum()
         self._outliers += (wild & active.unsqueeze(1)).sum()
-        inp = torch.cat([z_in, cal], dim=1) if cal is not None else z_in  # (n, I)
-        new_pred = new["pred"]  # (n, 2, F)
-        self.model.step(
-            inp, hidden, out=new["hidden"], mean_out=new_pred[:, 0], scale_out=new_pred[:, 1]
-        )
+        if fc > f:
+            new["zprev"].copy_(z_in)  # the next event's step takes it
+        else:
+            # Without covariates this event's input gives the next event's forecast.
+            inp = torch.cat([z_in, cal], dim=1) if cal is not None else z_in  # (n, I)
+            new_pred = new["pred"]  # (n, 2, F)
+            self.model.step(
+                inp, hidden, out=new["hidden"], mean_out=new_pred[:, 0], scale_out=new_pred[:, 1]
+            )
 
         torch.add(steps, 1, out=new["steps"])
         torch.where(flag, steps, last_alert, out=new["last_alert"])
@@ -429,6 +466,18 @@ class Engine:
         # Events since the last flag as the state holds it now (a dropped event left it as it was).
         kept_steps, kept_alert = new["steps"], new["last_alert"]
         out[:, _SINCE] = torch.where(kept_alert >= 0, kept_steps - 1 - kept_alert, -1)
+
+    def _covariates(
+        self, old: dict[str, Tensor], new: dict[str, Tensor], cov: Tensor, active: Tensor
+    ) -> Tensor:
+        """The covariates' model input (n, C) by :func:`covariate_inputs`, counted."""
+        z, imputed, wild = covariate_inputs(
+            old["cnorm"], old["clast"], cov, active, self.config.features,
+            out=(new["cnorm"], new["clast"]),
+        )  # fmt: skip
+        self._imputed += imputed
+        self._outliers += wild
+        return z
 
     def _fields_of(self, rows: list[Tensor], n: int) -> dict[str, Tensor]:
         """Views of each state field in gathered rows (one (n, width) tensor per bank)."""

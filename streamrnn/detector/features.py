@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..config import FeatureConfig
+
 N_CALENDAR = 4  # sin/cos of hour of day, sin/cos of day of week
 
 # std floor: this fraction of |mean|, and an absolute floor for series around zero.
@@ -110,6 +112,33 @@ def update_normalizer(
         dim=1,
         out=out,
     )  # (B, 3, F)
+
+
+def covariate_inputs(
+    stats: Tensor,
+    last: Tensor,
+    cov: Tensor,
+    learn: Tensor,
+    features: FeatureConfig,
+    *,
+    out: tuple[Tensor, Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Covariates as model inputs: normalised per key like a target, never scored.
+
+    A missing or outlier reading is replaced by the key's last sane one (z = 0, the key's mean,
+    before there is one). Inputs: stats (B, 3, C); last (B, C) the last sane raw readings (NaN
+    before one); cov (B, C) raw, NaN where missing; learn (B,) bool, the events whose covariates
+    update the state. Writes the new stats and last readings into ``out``. Outputs: z (B, C);
+    the number of imputed readings and of outliers among them (scalar int64 tensors).
+    """
+    wild = outliers(stats, cov, features.outlier_factor, features.max_magnitude)  # (B, C)
+    sane = ~torch.isnan(cov) & ~wild  # (B, C)
+    z, _, _ = normalize(stats, torch.where(sane, cov, last), features.clip)  # (B, C)
+    clean = torch.where(sane, cov, torch.nan)  # (B, C)
+    update_normalizer(stats, clean, features.normalizer_horizon, learn, out=out[0])
+    act = learn.unsqueeze(1)  # (B, 1)
+    torch.where(sane & act, cov, last, out=out[1])
+    return torch.nan_to_num(z, nan=0.0), (~sane & act).sum(), (wild & act).sum()
 
 
 def normalize_series(values: np.ndarray, horizon: int, clip: float) -> np.ndarray:

@@ -158,22 +158,29 @@ class ForecasterShape:
 class Forecaster(nn.Module):
     """Stacked LSTM/GRU cells with dropout between layers and a Gaussian head.
 
-    The head maps the top layer's hidden state to the next step's mean and scale per feature,
+    The head maps the top layer's hidden state to the next step's mean and scale per target,
     so a prediction error becomes a likelihood that is comparable across keys of different noise.
+    Covariates (``n_covariates``) and calendar features (``n_extra``) enter the first cell beside
+    the targets; the head predicts the targets alone.
 
     Inputs of :meth:`step`: x, state
-        - x: (batch, input_size), the normalised values followed by calendar features
+        - x: (batch, input_size), the normalised targets, the normalised covariates of the
+          step to predict, then calendar features
         - state: (batch, num_layers, slots, hidden_size)
     Outputs: mean, scale, state_1
         - mean, scale: (batch, n_values)
         - state_1: (batch, num_layers, slots, hidden_size)
     """
 
-    def __init__(self, config: ModelConfig, n_values: int, n_extra: int) -> None:
+    def __init__(
+        self, config: ModelConfig, n_values: int, n_extra: int, n_covariates: int = 0
+    ) -> None:
         super().__init__()
         self.config = config
         self.n_values = n_values
-        self.input_size = n_values + n_extra
+        self.n_covariates = n_covariates
+        self.n_extra = n_extra
+        self.input_size = n_values + n_covariates + n_extra
         self.cell_type = config.cell
         self.hidden_size = config.hidden_size
         self.num_layers = config.num_layers

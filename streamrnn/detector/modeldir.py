@@ -5,7 +5,8 @@ Layout::
     MODEL_DIR/
       weights.pt          the forecaster's state_dict (loadable with torch.load(weights_only=True))
       config.yaml         the resolved configuration the model was trained with
-      model.json          version id, creation time, architecture, feature names, training metrics
+      model.json          version id, creation time, architecture, feature (target) names,
+                          covariate names (absent: none), training metrics
       normalization.json  the online normaliser's settings and the training data's mean/std
 
 The version id is ``<cell>-<12 hex>``: the cell type and a short sha256 over the weights file's
@@ -100,16 +101,26 @@ def save_model(
     feature_names: Sequence[str],
     metrics: Mapping[str, Any],
     data_summary: Mapping[str, Any],
+    covariate_names: Sequence[str] = (),
 ) -> str:
     """Write the model directory (created when missing; our files replaced). Returns the version id.
 
     ``data_summary`` is stored in model.json under ``data``; its ``feature_mean`` and
     ``feature_std`` (feature name -> number) go to normalization.json for reference.
+    ``feature_names`` are the targets the model predicts; ``covariate_names`` the inputs it
+    takes beside them (recorded in model.json only when there are any, so a directory without
+    covariates reads as before).
     """
     names = tuple(feature_names)
+    covariates = tuple(covariate_names)
     if len(names) != model.n_values:
         raise ValueError(
             f"feature_names: the model predicts {model.n_values} feature(s), got {list(names)}"
+        )
+    if len(covariates) != model.n_covariates:
+        raise ValueError(
+            f"covariate_names: the model takes {model.n_covariates} covariate(s), "
+            f"got {list(covariates)}"
         )
     if model.cell_type != config.model.cell or model.hidden_size != config.model.hidden_size:
         raise ValueError(
@@ -131,6 +142,7 @@ def save_model(
         "hidden_size": config.model.hidden_size,
         "num_layers": config.model.num_layers,
         "feature_names": list(names),
+        **({"covariate_names": list(covariates)} if covariates else {}),
         "n_extra": N_CALENDAR if config.model.calendar else 0,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "metrics": dict(metrics),
@@ -144,7 +156,9 @@ def save_model(
         "horizon": config.features.normalizer_horizon,
         "clip": config.features.clip,
         "std_floor": {"relative": STD_REL_FLOOR, "absolute": STD_ABS_FLOOR},
-        "training_data": {n: {"mean": means.get(n), "std": stds.get(n)} for n in names},
+        "training_data": {
+            n: {"mean": means.get(n), "std": stds.get(n)} for n in names + covariates
+        },
     }
     _write(out / WEIGHTS, weights)
     _write(out / CONFIG, config_text.encode())
@@ -163,6 +177,8 @@ class ModelInfo:
     version: str
     feature_names: tuple[str, ...]
     info: dict[str, Any]
+    # The inputs beside the targets, in order; empty for a model without covariates.
+    covariate_names: tuple[str, ...]
 
 
 @dataclass
@@ -198,6 +214,12 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
         raise ValueError(
             f"{d / INFO}: feature_names must be a non-empty list of strings, got {names!r}"
         )
+    covs = info.get("covariate_names", [])
+    if not isinstance(covs, list) or not all(isinstance(n, str) and n for n in covs):
+        raise ValueError(f"{d / INFO}: covariate_names must be a list of names, got {covs!r}")
+    clash = sorted(set(covs) & set(names)) or sorted({n for n in covs if covs.count(n) > 1})
+    if clash:
+        raise ValueError(f"{d / INFO}: covariate {clash[0]!r} named twice or also a target")
     version = info.get("version")
     if not isinstance(version, str) or not version:
         raise ValueError(f"{d / INFO}: version must be a non-empty string, got {version!r}")
@@ -210,7 +232,7 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
             raise ValueError(
                 f"{d}: model.json says {key}={info[key]!r} but config.yaml says {want!r}"
             )
-    return ModelInfo(d, config, version, tuple(names), info)
+    return ModelInfo(d, config, version, tuple(names), info, tuple(covs))
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -237,7 +259,9 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
         raise ValueError(f"{d / WEIGHTS}: corrupt weights file (not a state_dict)")
 
     n_extra = N_CALENDAR if config.model.calendar else 0
-    model = Forecaster(config.model, n_values=len(names), n_extra=n_extra)
+    model = Forecaster(
+        config.model, n_values=len(names), n_extra=n_extra, n_covariates=len(meta.covariate_names)
+    )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -27,6 +27,7 @@ from ..config import Config, ConfigError, load_config
 from ..detector.engine import Engine, Results
 from ..detector.modeldir import load_model, resolve_device
 from .data import Series, load_series
+from .training import add_role_arguments, role_columns
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ EPILOG = """\
 examples:
   streamrnn replay --model models/demand --data history/ --out results/
   streamrnn replay --model models/demand --data meters.csv --key-column meter --out results/ --plot
+  streamrnn replay --model models/demand --data weather.csv --target-columns load \\
+      --covariate-columns temp_c --out results/
 """
 
 
@@ -84,7 +87,7 @@ def replay_series(
                 [values_all[i][p] for i, p in zip(s_ids.tolist(), p_ids.tolist(), strict=True)]
             )
             if keys
-            else np.zeros((0, f), np.float32)
+            else np.zeros((0, engine.n_inputs), np.float32)
         )
         r = engine.process(keys, times, values)
         score[sl], out_pred[sl], out_scale[sl], error[sl] = r.score, r.prediction, r.scale, r.error
@@ -135,11 +138,12 @@ def write_results(
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         names = group[0].series.feature_names
-        single = len(names) == 1
+        targets = names[: group[0].results.prediction.shape[1]]  # covariates are not predicted
+        single = len(targets) == 1
         pred_cols = (
             ["prediction", "scale"]
             if single
-            else [f"{p}_{n}" for p in ("prediction", "scale") for n in names]
+            else [f"{p}_{n}" for p in ("prediction", "scale") for n in targets]
         )
         header = [
             "timestamp",
@@ -193,6 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--value-columns", help="comma-separated value columns (default: all but time/key)"
     )
+    add_role_arguments(parser)
     parser.add_argument(
         "--time-column", default="timestamp", help="time column (default: timestamp)"
     )
@@ -231,15 +236,32 @@ def resolve_replay_config(model_config: Config, args: argparse.Namespace) -> Con
     )
 
 
+def replay_columns(
+    args: argparse.Namespace, targets: tuple[str, ...], covariates: tuple[str, ...]
+) -> list[str]:
+    """The CSV columns to read, the model's targets then its covariates: ``--value-columns``,
+    else ``--target-columns`` / ``--covariate-columns`` (each defaulting to the model's names);
+    raises ValueError naming the flag when the count does not match the model."""
+    if args.value_columns:
+        return [c.strip() for c in args.value_columns.split(",")]
+    got_t, got_c = role_columns(args)
+    for flag, got, want, what in (
+        ("--target-columns", got_t, targets, "targets"),
+        ("--covariate-columns", got_c, covariates, "covariates"),
+    ):
+        if got is not None and len(got) != len(want):
+            trained = ", ".join(want) or "none"
+            raise ValueError(f"{flag}: the model takes {len(want)} {what} ({trained}), got {got}")
+    return [*(got_t or targets), *(got_c or covariates)]
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         loaded = load_model(args.model)
         cfg = resolve_replay_config(loaded.config, args)
         device = resolve_device(cfg.state.device)
-        value_columns = (
-            args.value_columns.split(",") if args.value_columns else list(loaded.feature_names)
-        )
+        value_columns = replay_columns(args, loaded.feature_names, loaded.covariate_names)
         series = load_series(
             args.data,
             key_column=args.key_column,

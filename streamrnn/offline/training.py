@@ -4,6 +4,13 @@ Inputs are built exactly as streaming builds them: the online normaliser of
 :mod:`streamrnn.features` runs over each series, missing values are imputed, calendar features
 are appended, and the target of step ``t`` is the normalised value of step ``t + 1``.
 
+Covariates (``input.covariates``: value columns that steer the forecast but are not predicted)
+change the alignment: the input of step ``t`` is the targets of step ``t - 1`` (0 at the
+first), the covariates and calendar features of step ``t``, and its target is the targets of
+step ``t``. So the covariates of the step being predicted are used: right for covariates known
+by the time of the reading (measured with it, or known ahead: a schedule, a weather forecast
+published with it), and what the engine does live.
+
 TBPTT with carried state
 ------------------------
 Each series' training part (its head; the tail ``val_fraction`` is held out) is cut into
@@ -81,9 +88,31 @@ class TrainResult:
 
     model: Forecaster
     config: Config
-    feature_names: tuple[str, ...]
+    feature_names: tuple[str, ...]  # the targets
     metrics: dict[str, Any]
     data_summary: dict[str, Any]
+    covariate_names: tuple[str, ...] = ()
+
+
+def value_roles(names: Sequence[str], config: Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The targets and covariates among a series' value columns ``names``, by
+    ``input.targets`` (empty: every column that is not a covariate) and ``input.covariates``;
+    raises ValueError naming a column the data lacks."""
+    inp = config.input
+    covariates = tuple(inp.covariates)
+    targets = tuple(inp.targets) or tuple(n for n in names if n not in covariates)
+    for key, want in (("targets", targets), ("covariates", covariates)):
+        lacking = [n for n in want if n not in names]
+        if lacking:
+            raise ValueError(
+                f"input.{key}: column {lacking[0]!r} is not in the data (its value columns: "
+                f"{', '.join(names)})"
+            )
+    if not targets:
+        raise ValueError(
+            f"input.targets: no column left to predict, got covariates {list(covariates)}"
+        )
+    return targets, covariates
 
 
 def _build_many(
@@ -95,11 +124,14 @@ def _build_many(
     fc = config.features
     for g in range(0, len(series), NORMALIZE_GROUP):
         group = series[g : g + NORMALIZE_GROUP]
-        n_feat = len(group[0].feature_names)
+        names = group[0].feature_names
+        targets, covariates = value_roles(names, config)
+        cols = [names.index(c) for c in targets + covariates]
+        n_feat, n_out = len(cols), len(targets)
         tmax = max(len(s) for s in group)
-        vals = np.full((len(group), tmax, n_feat), np.nan, dtype=np.float32)  # (B, Tmax, F)
+        vals = np.full((len(group), tmax, n_feat), np.nan, dtype=np.float32)  # (B, Tmax, F + C)
         for i, s in enumerate(group):
-            vals[i, : len(s)] = s.values  # (T, F)
+            vals[i, : len(s)] = s.values[:, cols]  # (T, F + C)
         z_all = normalize_series(vals, horizon=fc.normalizer_horizon, clip=fc.clip)  # (B, Tmax, F)
         for i, s in enumerate(group):
             n = len(s)
@@ -108,19 +140,25 @@ def _build_many(
             last = np.where(present, np.arange(n)[:, None], 0)  # (T, F) row of the latest value
             last = np.maximum.accumulate(last, axis=0)  # (T, F)
             filled = z[last, np.arange(n_feat)[None, :]]  # (T, F) forward fill
-            filled = np.nan_to_num(filled, nan=0.0)  # (T, F) 0 before the first value
-            if config.model.calendar:
-                extra = calendar_features(s.times)  # (T, 4)
-                inputs = np.concatenate([filled, extra], axis=1)  # (T, F + 4)
+            filled = np.nan_to_num(filled, nan=0.0)  # (T, F + C) 0 before the first value
+            extra = [calendar_features(s.times)] if config.model.calendar else []  # (T, 4)
+            y = np.zeros((n, n_out), dtype=np.float32)  # (T, F)
+            mask = np.zeros((n, n_out), dtype=bool)  # (T, F)
+            if covariates:
+                # Step t: the targets of t - 1, the covariates of t; its target is z[t].
+                prev = np.zeros((n, n_out), dtype=np.float32)  # (T, F)
+                prev[1:] = filled[:-1, :n_out]
+                inputs = np.concatenate([prev, filled[:, n_out:], *extra], axis=1)  # (T, I)
+                y[:] = np.nan_to_num(z[:, :n_out], nan=0.0)  # (T, F)
+                mask[:] = present[:, :n_out]
+                warm = np.arange(n) >= fc.normalizer_warmup  # (T,)
             else:
-                inputs = filled  # (T, F)
-            targets = np.zeros((n, n_feat), dtype=np.float32)  # (T, F)
-            targets[:-1] = np.nan_to_num(z[1:], nan=0.0)  # (T-1, F) target[t] = z[t+1]
-            mask = np.zeros((n, n_feat), dtype=bool)  # (T, F)
-            mask[:-1] = present[1:]  # (T-1, F)
-            warm = np.arange(n) + 1 >= fc.normalizer_warmup  # (T,)
+                inputs = np.concatenate([filled, *extra], axis=1)  # (T, F [+ 4])
+                y[:-1] = np.nan_to_num(z[1:], nan=0.0)  # (T-1, F) target[t] = z[t+1]
+                mask[:-1] = present[1:]  # (T-1, F)
+                warm = np.arange(n) + 1 >= fc.normalizer_warmup  # (T,)
             mask &= warm[:, None]  # (T, F)
-            out.append((inputs.astype(np.float32), targets, mask))
+            out.append((inputs.astype(np.float32), y, mask))
     return out
 
 
@@ -338,6 +376,7 @@ def train(
     if not series:
         raise ValueError("series: need at least one series to train on")
     names = series[0].feature_names
+    targets, covariates = value_roles(names, config)
     for s in series:
         if s.feature_names != names:
             raise ValueError(
@@ -358,7 +397,10 @@ def train(
             f"({config.features.normalizer_warmup} rows) plus the validation tail"
         )
     model = Forecaster(
-        config.model, n_values=len(names), n_extra=N_CALENDAR if config.model.calendar else 0
+        config.model,
+        n_values=len(targets),
+        n_extra=N_CALENDAR if config.model.calendar else 0,
+        n_covariates=len(covariates),
     )
     model.to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
@@ -460,7 +502,9 @@ def train(
         "steps_per_second": round(steps / train_seconds, 1) if train_seconds > 0 else None,
         "device": str(dev),
     }
-    return TrainResult(model, config, tuple(names), metrics, summarize_series(series))
+    return TrainResult(
+        model, config, targets, metrics, summarize_series(series), covariate_names=covariates
+    )
 
 
 _STOPPED = {
@@ -491,6 +535,8 @@ examples:
   streamrnn train --data a.csv b.csv --out models/ab --epochs 10 --cell gru --hidden-size 32
   streamrnn train --data long.csv --key-column sensor --value-columns temp,humidity \\
       --out models/sensors --config config/default.yaml --device cuda
+  streamrnn train --data demand.csv --target-columns demand --covariate-columns temp \\
+      --out models/demand
 
 The model directory holds weights.pt, config.yaml (the resolved config, flags applied),
 model.json (version id, features, metrics) and normalization.json.
@@ -542,6 +588,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated value columns (default: input.features from the "
         "config, else every column but the time and key columns)",
     )
+    add_role_arguments(parser)
     parser.add_argument(
         "--device",
         default="auto",
@@ -551,8 +598,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_role_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--target-columns`` and ``--covariate-columns`` (train, replay, produce --csv)."""
+    parser.add_argument(
+        "--target-columns",
+        metavar="A,B",
+        help="input.targets: the value columns predicted and scored (default: every value "
+        "column that is not a covariate)",
+    )
+    parser.add_argument(
+        "--covariate-columns",
+        metavar="C,D",
+        help="input.covariates: value columns that steer the forecast but are never scored "
+        "(temperature for demand); the model uses those of the step it predicts, so they must "
+        "be known by then (measured with the reading, or known ahead: a schedule, a forecast)",
+    )
+
+
+def role_columns(args: argparse.Namespace) -> tuple[list[str] | None, list[str] | None]:
+    """The parsed ``--target-columns`` and ``--covariate-columns`` (None where not given)."""
+    return (
+        _columns(args.target_columns, "--target-columns"),
+        _columns(args.covariate_columns, "--covariate-columns"),
+    )
+
+
 def _overrides(args: argparse.Namespace) -> Mapping[str, Any]:
+    targets, covariates = role_columns(args)
     return {
+        "input.targets": targets,
+        "input.covariates": covariates,
         "training.epochs": args.epochs,
         "model.cell": args.cell,
         "model.hidden_size": args.hidden_size,
@@ -563,12 +638,12 @@ def _overrides(args: argparse.Namespace) -> Mapping[str, Any]:
     }
 
 
-def _columns(text: str | None) -> list[str] | None:
+def _columns(text: str | None, flag: str = "--value-columns") -> list[str] | None:
     if text is None:
         return None
     cols = [c.strip() for c in text.split(",")]
     if not all(cols):
-        raise ValueError(f"--value-columns: must be comma-separated column names, got {text!r}")
+        raise ValueError(f"{flag}: must be comma-separated column names, got {text!r}")
     return cols
 
 
@@ -581,6 +656,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--out: must be a directory, got the file {str(out)!r}")
         resolve_device(args.device)
         value_columns = _columns(args.value_columns) or (list(config.input.features) or None)
+        if value_columns is None and config.input.targets:
+            value_columns = [*config.input.targets, *config.input.covariates]
         series = load_series(
             args.data,
             key_column=args.key_column,
@@ -593,6 +670,7 @@ def run(args: argparse.Namespace) -> int:
             result.model,
             config,
             feature_names=result.feature_names,
+            covariate_names=result.covariate_names,
             metrics=result.metrics,
             data_summary=result.data_summary,
         )
@@ -606,7 +684,9 @@ def run(args: argparse.Namespace) -> int:
     loss_name = "validation" if m["monitor"] == "val" else "training"
     print(
         f"trained model {version}: {config.model.cell}, {config.model.num_layers} x "
-        f"{config.model.hidden_size}, features {', '.join(result.feature_names)}; best epoch "
+        f"{config.model.hidden_size}, features {', '.join(result.feature_names)}"
+        + (f", covariates {', '.join(result.covariate_names)}" if result.covariate_names else "")
+        + f"; best epoch "
         f"{m['best_epoch']} of {m['epochs_run']} ({_STOPPED[m['stopped']]}), {loss_name} NLL "
         f"{_fmt(m['best_loss'])} (untrained {_fmt(m['initial_val_loss'])}); {m['rows']} rows from "
         f"{m['series']} series in {m['seconds']:.1f} s on {m['device']}; wrote {out}"

@@ -71,7 +71,8 @@ def event_messages(
     if len(idx) == 0:
         return []
     ts = iso_times(batch.times[idx])
-    vals = batch.values[idx].astype(np.float64).tolist()
+    # The targets only: covariates steer the forecast but are not what an alert is about.
+    vals = batch.values[idx, : len(feature_names)].astype(np.float64).tolist()
     preds = np.asarray(prediction, dtype=np.float64)[idx].tolist()
     scales = np.asarray(scale, dtype=np.float64)[idx].tolist()
     scores = np.asarray(score, dtype=np.float64)[idx].tolist()

@@ -120,7 +120,9 @@ class Detector:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.model_info = read_service_model(svc.model or "")
-        self.feature_names = feature_names_for(config.input, self.model_info.feature_names)
+        self.feature_names = feature_names_for(
+            config.input, self.model_info.feature_names, self.model_info.covariate_names
+        )
         self.local = LocalCheckpoints(svc.state_dir, svc.group)
         try:
             self.local.check_writable()

@@ -11,9 +11,10 @@ field names come from ``config.input``:
 * time: ``ts`` as ISO 8601 text (naive = UTC), or epoch seconds, or epoch milliseconds (numbers
   above 1e11, as text or number); when absent or null, the record's own timestamp.
 * values: ``value`` (one number; only for a single-feature model) or ``values``: an object of
-  named numbers (the names of ``config.input.features``, else the model's feature names; a name
-  that is absent is a missing value; names the model does not know are ignored), or a list of
-  exactly F numbers in feature order.
+  named numbers (the names of ``config.input.features``, else the model's feature names, then
+  the model's covariates; a name that is absent is a missing value; names the model does not
+  know are ignored), or a list of exactly F + C numbers in that order. A row is the F targets,
+  then the C covariates: ``{"demand": 812.0, "temp": 31.5}``.
 
 Number policy, per value:
 
@@ -31,7 +32,7 @@ A rejected record goes to the dead-letter topic with one reason from
 :data:`streamrnn.service.metrics.REJECT_REASONS`, checked in this order: ``not_json`` (not
 UTF-8 JSON, or an empty/tombstone message), ``wrong_shape`` (not an object; both ``value`` and
 ``values``; ``value`` for a multi-feature model; ``values`` of the wrong type or length, or an
-object naming none of the model's features; a nested container as a number), ``missing_key``,
+object naming none of the model's targets (covariates alone); a nested container as a number), ``missing_key``,
 ``missing_value`` (neither field), ``non_numeric_value``,
 ``non_finite_value``, ``bad_timestamp`` (unparseable, not finite, beyond year 5138, or no
 ``ts`` and no record timestamp), ``event_time_out_of_window`` (a time outside
@@ -272,16 +273,22 @@ def _in_window(t: float, name: str, window: tuple[float, float], ts: int) -> flo
 
 
 class Decoder:
-    """Decodes records into engine arrays by ``config.input`` for a model of ``feature_names``."""
+    """Decodes records into engine arrays by ``config.input`` for a model of ``feature_names``
+    (its targets) and ``covariates``: a row holds the targets, then the covariates."""
 
-    def __init__(self, config: InputConfig, feature_names: Sequence[str]) -> None:
-        names = tuple(config.features) or tuple(feature_names)
-        if not names:
+    def __init__(
+        self, config: InputConfig, feature_names: Sequence[str], covariates: Sequence[str] = ()
+    ) -> None:
+        targets = tuple(config.features) or tuple(feature_names)
+        if not targets:
             raise ValueError("feature_names: need at least one feature")
+        names = targets + tuple(covariates)
         self.config = config
         self.feature_names = names
+        self.n_targets = len(targets)
         self.n_features = len(names)
         self._index = {n: i for i, n in enumerate(names)}
+        self._targets = frozenset(targets)
         self.window = (
             parse_iso(config.min_event_time).timestamp(),
             parse_iso(config.max_event_time).timestamp(),
@@ -474,11 +481,11 @@ class Decoder:
                 f"{cfg.values_field}: must list {self.n_features} numbers "
                 f"({', '.join(self.feature_names)}), got {len(vals)}",
             )
-        if isinstance(vals, dict) and vals and not any(k in self._index for k in vals):
+        if isinstance(vals, dict) and vals and not any(k in self._targets for k in vals):
             raise _Bad(
                 "wrong_shape",
-                f"{cfg.values_field}: names none of the model's features "
-                f"({', '.join(self.feature_names)}), got {_short(sorted(vals))}",
+                f"{cfg.values_field}: names none of the model's targets "
+                f"({', '.join(self.feature_names[: self.n_targets])}), got {_short(sorted(vals))}",
             )
         return has_value, vals
 

@@ -91,16 +91,46 @@ class EngineSettings:
         )
 
 
-def feature_names_for(config: InputConfig, model_names: Sequence[str]) -> tuple[str, ...]:
-    """The feature names events are read by: ``input.features`` when set, else the model's;
-    raises ConfigError when they do not name as many features as the model predicts."""
+def feature_names_for(
+    config: InputConfig, model_names: Sequence[str], model_covariates: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """The target names events are read by: ``input.features`` when set, else the model's;
+    raises ConfigError when they do not name as many features as the model predicts, or when
+    ``input.targets`` / ``input.covariates`` name fields the model was not trained with
+    (:func:`check_stream_fields`)."""
     names = tuple(config.features) or tuple(model_names)
     if len(names) != len(model_names):
         raise ConfigError(
             f"input.features: must name the model's {len(model_names)} feature(s) "
             f"({', '.join(model_names)}) in order, got {list(config.features)}"
         )
+    check_stream_fields(config, model_names, model_covariates)
     return names
+
+
+def check_stream_fields(
+    config: InputConfig, model_targets: Sequence[str], model_covariates: Sequence[str]
+) -> None:
+    """The stream's declared fields (``input.targets``, ``input.covariates``; empty: the
+    model's) against those the model was trained with; raises ConfigError naming the first
+    field that does not match."""
+    for key, have, want in (
+        ("targets", tuple(config.targets), tuple(model_targets)),
+        ("covariates", tuple(config.covariates), tuple(model_covariates)),
+    ):
+        if not have or have == want:
+            continue
+        what = key[:-1]
+        trained = f"({', '.join(want)})" if want else "(none)"
+        extra = [n for n in have if n not in want]
+        lacking = [n for n in want if n not in have]
+        if extra:
+            why = f"{extra[0]!r} is not a {what} of the model, which was trained with {trained}"
+        elif lacking:
+            why = f"the model was trained with {what} {lacking[0]!r}, which is not named"
+        else:
+            why = f"must list the model's {key} {trained} in order"
+        raise ConfigError(f"input.{key}: {why}, got {list(have)}")
 
 
 def load_service_model(model_dir: str, device: torch.device | str) -> LoadedModel:
@@ -187,12 +217,14 @@ class EngineSide:
         self.settings = settings
         self.device = torch.device(settings.device)
         loaded = load_service_model(settings.model_dir, self.device)
-        self.feature_names = feature_names_for(settings.input, loaded.feature_names)
+        self.feature_names = feature_names_for(
+            settings.input, loaded.feature_names, loaded.covariate_names
+        )
         self.config = settings.engine_config(loaded.config)
         self.engine = Engine(
             loaded.model, self.config, device=self.device, model_version=loaded.version
         )
-        self.decoder = Decoder(settings.input, loaded.feature_names)
+        self.decoder = Decoder(settings.input, loaded.feature_names, loaded.covariate_names)
         self.key_tp: dict[str, TP] = {}
         self.tp_keys: dict[TP, set[str]] = {}
 
@@ -364,12 +396,19 @@ class EngineSide:
             loaded = load_model(model_dir, self.device)
         except Exception as e:  # a broken or half-written directory
             return Reload("error", str(e))
-        n = self.decoder.n_features
+        n = self.decoder.n_targets
+        covariates = self.decoder.feature_names[n:]
         if len(loaded.feature_names) != n:
             return Reload(
                 "refused",
                 f"{loaded.version} predicts {len(loaded.feature_names)} feature(s) "
                 f"({', '.join(loaded.feature_names)}), the running model {n}",
+            )
+        if loaded.covariate_names != covariates:
+            return Reload(
+                "refused",
+                f"{loaded.version} takes covariates ({', '.join(loaded.covariate_names)}), "
+                f"the running model ({', '.join(covariates)})",
             )
         try:
             self.engine.swap_model(loaded.model, loaded.version)

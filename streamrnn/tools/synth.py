@@ -7,6 +7,11 @@ Two stream classes, both deterministic given the seed:
 - ``energy``: electricity demand: weekday shape with morning and evening peaks, a flatter and
   later weekend shape, a weekly rhythm, a slow wander and noise; always positive.
 
+:func:`weather_demand` adds a third, with a covariate: electricity demand driven by outdoor
+temperature (a daily cycle, multi-day weather and heat waves), through a thermal lag and a
+heating (cold) and cooling (hot) response around a comfort band; two columns, ``demand`` and
+``temp``.
+
 Each key has its own scale and offset, spread over about four orders of magnitude (0.1 .. 1000),
 so per-key normalisation is required. Key ``k`` draws from its own random stream
 (``SeedSequence(seed).spawn``), so key ``k`` is the same whatever ``n_keys`` is.
@@ -58,6 +63,8 @@ __all__ = [
     "generate",
     "noisy_sine",
     "seasonal_mix",
+    "weather_demand",
+    "WeatherDemand",
     "write_csvs",
     "write_windows_json",
 ]
@@ -441,6 +448,136 @@ def generate(
                 kind=sub,
                 scale=scale,
                 offset=offset,
+            )
+        )
+    return out
+
+
+# -- demand driven by a temperature covariate ---------------------------------------------------
+
+
+@dataclass
+class WeatherDemand:
+    """One key's demand and the temperature that drives it, hourly or as asked.
+
+    ``demand`` = base load and daily shape (``_energy``'s) + ``heating * max(0, heat_below -
+    felt)`` + ``cooling * max(0, felt - cool_above)``, where ``felt`` is the temperature through
+    a first-order lag of ``lag_s`` seconds (buildings warm up slowly). ``heatwaves`` are the
+    index windows ``(start, end)`` where the temperature was raised; ``driven`` is the demand
+    they added (the heat waves' effect), so ``demand - driven`` is the same key's demand had the
+    weather stayed as it was.
+    """
+
+    key: str
+    timestamps: np.ndarray  # (n,) datetime64[ms]
+    demand: np.ndarray  # (n,) float64
+    temp: np.ndarray  # (n,) float64 degrees Celsius
+    driven: np.ndarray  # (n,) float64 demand added by the heat waves
+    heatwaves: list[tuple[int, int]]
+    heatwave_c: float = 12.0  # the heat waves' peak, degrees
+
+    def __len__(self) -> int:
+        return int(self.demand.shape[0])
+
+    @property
+    def epoch_seconds(self) -> np.ndarray:
+        return self.timestamps.astype("datetime64[ms]").astype(np.int64) / 1000.0
+
+    def without_heatwaves(self) -> np.ndarray:
+        """The temperature had the heat waves not come (n,)."""
+        out = self.temp.copy()
+        for lo, hi in self.heatwaves:
+            out[lo:hi] -= _heatwave(hi - lo, self.heatwave_c)
+        return out
+
+
+def _heatwave(length: int, peak: float) -> np.ndarray:
+    """A heat wave's added degrees over ``length`` steps: half a sine up to ``peak``."""
+    return peak * np.sin(np.linspace(0.0, np.pi, length))  # (length,)
+
+
+def _felt(temp: np.ndarray, lag_steps: float) -> np.ndarray:
+    """First-order lag of ``temp`` (n,) with time constant ``lag_steps``."""
+    a = 1.0 - math.exp(-1.0 / max(lag_steps, 1e-9))
+    out = np.empty_like(temp)
+    level = float(temp[0])
+    for i, x in enumerate(temp.tolist()):
+        level += a * (x - level)
+        out[i] = level
+    return out
+
+
+def _response(felt: np.ndarray, heating: float, cooling: float) -> np.ndarray:
+    return heating * np.maximum(0.0, 15.0 - felt) + cooling * np.maximum(0.0, felt - 21.0)
+
+
+def weather_demand(
+    n_keys: int,
+    n_steps: int,
+    *,
+    start: datetime | str = "2024-05-01 00:00:00",
+    interval_s: float = 3600.0,
+    lag_s: float = 4 * 3600.0,
+    heatwaves_per_key: int = 2,
+    heatwave_c: float = 12.0,
+    heatwave_days: tuple[float, float] = (1.5, 3.0),
+    seed: int = 0,
+) -> list[WeatherDemand]:
+    """``n_keys`` demand series with their temperature, ``n_steps`` readings ``interval_s`` apart.
+
+    Each key has its own climate (mean 12-22 C, daily swing 3-7 C, weather wandering over days),
+    lag, heating and cooling sensitivity and demand scale (1 .. 1000). ``heatwaves_per_key``
+    heat waves of ``heatwave_c`` degrees at their peak, ``heatwave_days`` long, are spread over the
+    second half of each series; the demand follows them through the lag, as the cooling
+    response says. Deterministic given the arguments.
+
+    >>> s = weather_demand(1, 24 * 30, seed=3)[0]
+    >>> len(s), len(s.heatwaves), bool((s.demand > 0).all())
+    (720, 2, True)
+    """
+    t0 = _to_datetime64(start)
+    step = np.timedelta64(int(round(interval_s * 1000)), "ms")
+    timestamps = t0 + step * np.arange(n_steps)
+    secs = timestamps.astype("datetime64[ms]").astype(np.int64) / 1000.0
+    steps_per_day = _DAY_S / interval_s
+    out: list[WeatherDemand] = []
+    for idx, ss in enumerate(np.random.SeedSequence(seed).spawn(n_keys)):
+        rng = np.random.default_rng(ss)
+        day = 2.0 * np.pi * ((secs % _DAY_S) / _DAY_S - 0.625)  # warmest at 15:00
+        temp = (
+            rng.uniform(12.0, 22.0)
+            + rng.uniform(3.0, 7.0) * np.cos(day)
+            + 5.0 * _smooth_walk(rng, n_steps, corr_steps=3.0 * steps_per_day)
+            + 0.3 * rng.standard_normal(n_steps)
+        )
+        waves: list[tuple[int, int]] = []
+        half = n_steps // 2
+        slot = max((n_steps - half) // max(heatwaves_per_key, 1), 1)
+        for j in range(heatwaves_per_key):
+            length = min(int(rng.uniform(*heatwave_days) * steps_per_day), slot - 1)
+            if length < 2:
+                break
+            lo = half + j * slot + int(rng.integers(0, slot - length))
+            temp[lo : lo + length] += _heatwave(length, heatwave_c)
+            waves.append((lo, lo + length))
+        base_temp = temp.copy()
+        for lo, hi in waves:
+            base_temp[lo:hi] -= _heatwave(hi - lo, heatwave_c)
+        lag = lag_s / interval_s * rng.uniform(0.75, 1.25)
+        heating, cooling = rng.uniform(0.04, 0.08), rng.uniform(0.08, 0.16)
+        shape, _ = _energy(rng, secs, steps_per_day)
+        response = _response(_felt(temp, lag), heating, cooling)  # (n,)
+        calm = _response(_felt(base_temp, lag), heating, cooling)  # (n,)
+        scale = 10.0 ** (3.0 * ((idx * _GOLDEN) % 1.0))
+        out.append(
+            WeatherDemand(
+                key=f"demand_{idx:03d}",
+                timestamps=timestamps.copy(),
+                demand=scale * (shape + response),
+                temp=temp,
+                driven=scale * (response - calm),
+                heatwaves=waves,
+                heatwave_c=heatwave_c,
             )
         )
     return out

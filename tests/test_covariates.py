@@ -1,0 +1,205 @@
+"""Covariates (issue 15): inputs that steer the forecast but are never scored.
+
+A model without covariates scores exactly as before they existed (the shipped demo model against
+figures recorded before the change); a covariate model reads its covariates beside its targets,
+imputes and counts a missing one without flagging, keeps batch invariance, records its roles in
+the model directory; a stream whose declared fields do not match the model is refused naming
+the field. The slow tests train a small covariate model on weather-driven demand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_engine import run_in_batches
+from test_service_codec import Rec
+
+from streamrnn import demo_model
+from streamrnn.config import ConfigError, InputConfig, load_config
+from streamrnn.detector.engine import Engine, state_fields
+from streamrnn.detector.model import Forecaster
+from streamrnn.detector.modeldir import load_model, read_model_info, save_model
+from streamrnn.service.decode import Decoder
+from streamrnn.service.worker import feature_names_for
+from streamrnn.tools.synth import generate
+
+DATA = Path(__file__).parent / "data"
+
+
+def _demo_scores() -> dict:
+    """The demo model over three energy keys, 50 events a key per batch, every 37th missing."""
+    loaded = load_model(demo_model.path())
+    engine = Engine(loaded.model, loaded.config)
+    s = generate("energy", 3, 400, seed=11, anomalies_per_key=2)
+    keys = [x.key for x in s]
+    times = s[0].epoch_seconds
+    vals = np.stack([x.values for x in s], axis=1)  # (T, K)
+    score: list[float] = []
+    pred: list[float] = []
+    flag: list[int] = []
+    for t in range(0, 400, 50):
+        v = vals[t : t + 50].reshape(-1, 1).copy()  # (150, 1)
+        v[::37] = np.nan
+        r = engine.process(keys * 50, np.repeat(times[t : t + 50], 3), v)
+        score += r.score.tolist()
+        pred += r.prediction[:, 0].tolist()
+        flag += r.flag.astype(int).tolist()
+    return {
+        "version": loaded.version,
+        "score": score,
+        "prediction": pred,
+        "flag": flag,
+        "imputed": engine.imputed_total,
+    }
+
+
+def test_old_model_directory_scores_exactly_as_before_covariates() -> None:
+    # tests/data/demo-model-scores.json was written by _demo_scores on the code before covariates.
+    want = json.loads((DATA / "demo-model-scores.json").read_text())
+    got = _demo_scores()
+    assert got["version"] == want["version"]
+    assert got["flag"] == want["flag"] and sum(got["flag"]) > 0
+    assert got["imputed"] == want["imputed"] > 0
+    np.testing.assert_array_equal(np.array(got["score"]), np.array(want["score"]))
+    np.testing.assert_array_equal(np.array(got["prediction"]), np.array(want["prediction"]))
+
+
+def test_old_model_directory_has_no_covariates_and_the_old_state_layout() -> None:
+    info = read_model_info(demo_model.path())
+    assert info.covariate_names == () and "covariate_names" not in info.info
+    loaded = load_model(demo_model.path())
+    assert loaded.model.n_covariates == 0
+    fields = set(state_fields(loaded.model, loaded.config))
+    assert not fields & {"cnorm", "clast", "zprev"}
+
+
+def _cov_model(n_cov: int = 1, seed: int = 0) -> tuple[Forecaster, object]:
+    cfg = load_config(None, overrides={"scoring.warmup": 20, "input.targets": ["demand"]})
+    torch.manual_seed(seed)
+    return Forecaster(cfg.model, n_values=1, n_extra=4, n_covariates=n_cov), cfg
+
+
+def _cov_stream(n_keys: int = 4, n_steps: int = 240, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    j = np.arange(n_steps)
+    keys, times, values = [], [], []
+    for t in j.tolist():
+        for i in range(n_keys):
+            temp = 15 + 8 * np.sin(2 * np.pi * t / 24) + rng.normal()
+            scale = 10.0**i
+            keys.append(f"meter-{i}")
+            times.append(1.7e9 + 3600.0 * t)
+            values.append(
+                [scale * (3 + 0.1 * max(temp - 18, 0)) + 0.05 * scale * rng.normal(), temp]
+            )
+    return keys, np.array(times), np.array(values, dtype=np.float32)
+
+
+def test_covariate_model_scores_targets_only_and_keeps_batch_invariance() -> None:
+    model, cfg = _cov_model()
+    keys, times, values = _cov_stream()
+    values[333, 0] *= 5.0  # a demand spike, so flags and the no-learning path are exercised
+    values[500, 1] = np.nan  # a missing covariate
+    a = run_in_batches(Engine(model, cfg), keys, times, values, 1)
+    b = run_in_batches(Engine(model, cfg), keys, times, values, 1000)
+    c = run_in_batches(Engine(model, cfg), keys, times, values, 77)
+    assert a.prediction.shape == (len(keys), 1) and a.scale.shape == (len(keys), 1)
+    for r in (b, c):
+        for name in vars(a):
+            np.testing.assert_allclose(getattr(r, name), getattr(a, name), rtol=1e-5, atol=1e-5)
+    assert a.flag.any()
+
+
+def test_missing_covariates_are_imputed_and_counted_without_flagging() -> None:
+    model, cfg = _cov_model()
+    keys, times, values = _cov_stream()
+    gone = values.copy()
+    gone[400:, 1] = np.nan  # the temperature feed stops
+    clean = run_in_batches(Engine(model, cfg), keys, times, values, 100)
+    engine = Engine(model, cfg)
+    r = run_in_batches(engine, keys, times, gone, 100)
+    assert engine.imputed_total == len(keys) - 400
+    assert not np.isnan(r.prediction[len(set(keys)) :]).any()
+    assert r.flag.sum() <= clean.flag.sum()  # nothing flagged for the covariate's absence
+    # The hidden state saw the key's last reading in its place, not NaN, so scores stay finite.
+    assert np.isfinite(r.score).all()
+
+
+def test_a_missing_target_is_imputed_and_an_event_without_targets_is_rejected() -> None:
+    d = Decoder(InputConfig(), ("demand",), ("temp",))
+    assert d.feature_names == ("demand", "temp") and d.n_targets == 1
+    recs = [
+        b'{"key": "m", "ts": 1700000000, "values": {"demand": 812.0, "temp": 31.5}}',
+        b'{"key": "m", "ts": 1700003600, "values": {"demand": 790.0}}',
+        b'{"key": "m", "ts": 1700007200, "values": {"temp": 30.0}}',
+        b'{"key": "m", "ts": 1700010800, "values": [800.0, 29.0]}',
+    ]
+    records = []
+    for i, raw in enumerate(recs):
+        rec = Rec(raw)
+        rec.offset = i
+        records.append(rec)
+    batch = d.decode(records)
+    np.testing.assert_array_equal(batch.values[0], [812.0, 31.5])
+    assert batch.values[1, 0] == 790.0 and np.isnan(batch.values[1, 1])
+    np.testing.assert_array_equal(batch.values[2], [800.0, 29.0])
+    assert [(r.reason, r.index) for r in batch.rejects] == [("wrong_shape", 2)]
+    assert "names none of the model's targets (demand)" in batch.rejects[0].detail
+
+
+def test_model_directory_records_targets_and_covariates(tmp_path: Path) -> None:
+    model, cfg = _cov_model()
+    cfg = load_config(None, overrides={"input.targets": ["demand"], "input.covariates": ["temp"]})
+    save_model(
+        tmp_path, model, cfg, feature_names=("demand",), covariate_names=("temp",),
+        metrics={}, data_summary={},
+    )  # fmt: skip
+    info = json.loads((tmp_path / "model.json").read_text())
+    assert info["feature_names"] == ["demand"] and info["covariate_names"] == ["temp"]
+    loaded = load_model(tmp_path)
+    assert loaded.covariate_names == ("temp",) and loaded.model.n_covariates == 1
+    assert loaded.config.input.covariates == ("temp",)
+    with pytest.raises(ValueError, match="covariate_names: the model takes 1 covariate"):
+        save_model(tmp_path, model, cfg, feature_names=("demand",), metrics={}, data_summary={})
+
+
+@pytest.mark.parametrize(
+    ("inp", "message"),
+    [
+        (
+            {"covariates": ("humidity",)},
+            "input.covariates: 'humidity' is not a covariate of the model, which was trained with (temp)",
+        ),
+        ({"covariates": ("temp", "wind")}, "input.covariates: 'wind' is not a covariate"),
+        (
+            {"targets": ("load",)},
+            "input.targets: 'load' is not a target of the model, which was trained with (demand)",
+        ),
+    ],
+)
+def test_a_stream_whose_fields_do_not_match_the_model_is_refused(inp: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        feature_names_for(InputConfig(**inp), ("demand",), ("temp",))
+
+
+def test_covariates_the_model_lacks_or_misses_are_refused() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"'temp' is not a covariate of the model, which was trained with \(none\)",
+    ):
+        feature_names_for(InputConfig(covariates=("temp",)), ("demand",), ())
+    with pytest.raises(ConfigError, match="trained with covariate 'wind', which is not named"):
+        feature_names_for(InputConfig(covariates=("temp",)), ("demand",), ("temp", "wind"))
+    # Empty means "the model's": a covariate model needs no declaration.
+    assert feature_names_for(InputConfig(), ("demand",), ("temp",)) == ("demand",)
+
+
+def test_config_rejects_a_field_that_is_both_target_and_covariate() -> None:
+    with pytest.raises(ConfigError, match="input.covariates: 'demand' is also a target"):
+        load_config({"input": {"targets": ["demand"], "covariates": ["demand"]}})
+    with pytest.raises(ConfigError, match="input.covariates: names must be distinct"):
+        load_config({"input": {"covariates": ["t", "t"]}})
