@@ -203,3 +203,164 @@ def test_config_rejects_a_field_that_is_both_target_and_covariate() -> None:
         load_config({"input": {"targets": ["demand"], "covariates": ["demand"]}})
     with pytest.raises(ConfigError, match="input.covariates: names must be distinct"):
         load_config({"input": {"covariates": ["t", "t"]}})
+
+
+# -- a trained covariate model on weather-driven demand -----------------------------------------
+
+HOT = {"heatwave_days": (0.1, 0.2), "heatwave_c": 20.0, "lag_s": 360.0}
+
+
+@pytest.fixture(scope="module")
+def weather_model():
+    """A small forecaster trained on 8 keys of demand driven by temperature (sharp hot spells)."""
+    from streamrnn.offline.data import Series
+    from streamrnn.offline.training import train
+    from streamrnn.times import datetime64_texts
+    from streamrnn.tools.synth import weather_demand
+
+    series = [
+        Series(
+            s.key,
+            f"{s.key}.csv",
+            list(datetime64_texts(s.timestamps)),
+            s.epoch_seconds,
+            np.stack([s.demand, s.temp], axis=1).astype(np.float32),
+            ("demand", "temp"),
+        )  # fmt: skip
+        for s in weather_demand(8, 24 * 45, seed=5, heatwaves_per_key=12, **HOT)
+    ]
+    cfg = load_config(
+        {
+            "model": {"hidden_size": 24, "num_layers": 1, "dropout": 0.0},
+            "training": {"epochs": 60, "window": 96, "stride": 48},
+            "input": {"covariates": ["temp"]},
+        }
+    )
+    result = train(series, cfg, device="cpu", progress=False)
+    assert result.feature_names == ("demand",) and result.covariate_names == ("temp",)
+    return result
+
+
+def _stream(result, keys, demand: list[np.ndarray], temp: list[np.ndarray]):
+    """Every key one event per batch, as the service sees them; flags and scores (T, K)."""
+    engine = Engine(result.model, result.config)
+    names = [s.key for s in keys]
+    times = keys[0].epoch_seconds
+    d, t = np.stack(demand, axis=1), np.stack(temp, axis=1)  # (T, K)
+    flags = np.zeros(d.shape, dtype=bool)
+    scores = np.zeros(d.shape)
+    for i in range(len(times)):
+        r = engine.process(names, np.full(len(keys), times[i]), np.stack([d[i], t[i]], axis=1))
+        flags[i] = r.flag
+        scores[i] = r.score
+    return flags, scores, engine
+
+
+@pytest.mark.slow
+def test_a_demand_spike_explained_by_temperature_is_not_flagged_and_is_without_it(
+    weather_model,
+) -> None:
+    from streamrnn.tools.synth import weather_demand
+
+    keys = weather_demand(4, 24 * 30, seed=77, heatwaves_per_key=2, **HOT)
+    demand = [s.demand for s in keys]
+    explained, _, _ = _stream(weather_model, keys, demand, [s.temp for s in keys])
+    flat, _, _ = _stream(weather_model, keys, demand, [s.without_heatwaves() for s in keys])
+    for k, s in enumerate(keys):
+        hot = np.zeros(len(s), dtype=bool)
+        for lo, hi in s.heatwaves:
+            hot[lo:hi] = True
+        assert not explained[hot, k].any(), f"{s.key}: flagged a spike the temperature explains"
+        assert flat[hot, k].any(), f"{s.key}: the same spike, temperature flat, not flagged"
+    assert not explained.any()
+
+
+@pytest.mark.slow
+def test_a_covariate_spike_alone_is_not_flagged(weather_model) -> None:
+    from streamrnn.tools.synth import weather_demand
+
+    keys = weather_demand(4, 24 * 30, seed=78, heatwaves_per_key=0, **HOT)
+    temps = []
+    for s in keys:
+        t = s.temp.copy()
+        t[400] += 25.0  # one absurd reading: a sensor glitch, demand does not move
+        t[550:553] -= 30.0  # and a short cold one
+        temps.append(t)
+    flags, _, engine = _stream(weather_model, keys, [s.demand for s in keys], temps)
+    assert not flags.any()
+    assert engine.imputed_total == 0  # within the outlier factor: read, normalised, not scored
+
+
+@pytest.mark.slow
+def test_replay_with_covariates_agrees_with_live_event_by_event(
+    weather_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+
+    from streamrnn.cli import main
+    from streamrnn.times import datetime64_texts
+    from streamrnn.tools.synth import weather_demand
+
+    model_dir = tmp_path / "model"
+    save_model(
+        model_dir, weather_model.model, weather_model.config,
+        feature_names=weather_model.feature_names, covariate_names=weather_model.covariate_names,
+        metrics={}, data_summary={},
+    )  # fmt: skip
+    keys = weather_demand(3, 24 * 20, seed=79, heatwaves_per_key=1, **HOT)
+    data = tmp_path / "data"
+    data.mkdir()
+    temps = []
+    for s in keys:
+        t = s.temp.copy()
+        t[100:110] = np.nan  # the feed drops out for a while
+        temps.append(t)
+        with (data / f"{s.key}.csv").open("w") as fh:
+            fh.write("timestamp,temp_c,load\n")
+            for ts, x, d in zip(datetime64_texts(s.timestamps), t, s.demand, strict=True):
+                fh.write(f"{ts},{'' if np.isnan(x) else repr(float(x))},{float(d)!r}\n")
+    out = tmp_path / "out"
+    argv = ["replay", "--model", str(model_dir), "--data", str(data), "--out", str(out)]
+    roles = ["--target-columns", "load", "--covariate-columns", "temp_c", "--batch-size", "50"]
+    assert main([*argv, *roles]) == 0
+    live, scores, engine = _stream(
+        load_model(model_dir), keys, [s.demand.astype(np.float32) for s in keys], temps
+    )
+    assert engine.imputed_total == 30
+    for k, s in enumerate(keys):
+        with (out / f"{s.key}.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert "prediction" in rows[0] and "prediction_temp_c" not in rows[0]
+        assert [int(r["is_anomaly"]) for r in rows] == live[:, k].astype(int).tolist()
+        got = np.array([float(r["score"]) for r in rows])
+        np.testing.assert_allclose(got, scores[:, k], atol=2e-6)
+        assert got.max() > 0
+    # The counts must match the model's roles; the flag is named.
+    assert main([*argv, "--covariate-columns", "temp_c,load"]) == 2
+    assert "--covariate-columns: the model takes 1 covariates (temp)" in capsys.readouterr().err
+
+
+def test_produce_csv_sends_targets_and_covariates_in_values(tmp_path: Path) -> None:
+    import argparse
+
+    import orjson
+
+    from streamrnn.cli import produce as produce_cli
+
+    (tmp_path / "site-3.csv").write_text(
+        "timestamp,humidity,temp,demand\n"
+        "2026-07-14 15:00:00,40,31.5,812.0\n"
+        "2026-07-14 16:00:00,41,,790.0\n"
+    )
+    parser = argparse.ArgumentParser()
+    produce_cli.add_arguments(parser)
+    base = ["--topic", "t", "--csv", str(tmp_path)]
+    args = parser.parse_args([*base, "--target-columns", "demand", "--covariate-columns", "temp"])
+    messages, _, _ = produce_cli._source(args)
+    got = [orjson.loads(v) for _, v in messages]
+    assert [m["values"] for m in got] == [
+        {"demand": 812.0, "temp": 31.5},
+        {"demand": 790.0, "temp": None},
+    ]
+    with pytest.raises(ValueError, match="--covariate-columns: needs --target-columns"):
+        produce_cli._source(parser.parse_args([*base, "--covariate-columns", "temp"]))

@@ -74,6 +74,7 @@ examples:
       --anomalies spike,level_shift --seed 3 --labels labels.json --partitions 4
   streamrnn produce --topic readings --csv history/ --rate 1000 --start 2025-01-01T00:00:00Z
   streamrnn produce --topic readings --csv long.csv --key-column meter --loop
+  streamrnn produce --topic readings --csv demand.csv --target-columns demand --covariate-columns temp
   streamrnn produce --config service.yaml --topic readings --synthetic sensor --keys 20
   streamrnn produce --bootstrap-servers kafka:9093 --security-protocol SASL_SSL \\
       --ssl-cafile ca.crt --sasl-mechanism SCRAM-SHA-512 --sasl-username loader \\
@@ -140,6 +141,17 @@ def _csv_arguments(parser: argparse.ArgumentParser) -> None:
     )
     csv.add_argument(
         "--value-columns", help="comma-separated value columns (default: all the others)"
+    )
+    csv.add_argument(
+        "--target-columns",
+        metavar="A,B",
+        help="the targets' columns; with --covariate-columns, the columns sent in `values` "
+        '(targets first), e.g. {"demand": 812.0, "temp": 31.5}',
+    )
+    csv.add_argument(
+        "--covariate-columns",
+        metavar="C,D",
+        help="the covariates' columns, sent beside the targets (default: none)",
     )
 
 
@@ -275,6 +287,12 @@ def _source(args: argparse.Namespace) -> tuple[Iterable[Message], SyntheticStrea
     from ..offline.data import load_series
 
     columns = args.value_columns.split(",") if args.value_columns else None
+    if columns is None and args.target_columns:
+        columns = args.target_columns.split(",") + (
+            args.covariate_columns.split(",") if args.covariate_columns else []
+        )
+    elif columns is None and args.covariate_columns:
+        raise ValueError("--covariate-columns: needs --target-columns (or --value-columns)")
     series = load_series(
         args.csv,
         key_column=args.key_column,

@@ -150,6 +150,7 @@ class Engine:
         self._caps = torch.tensor(views.EXCESS_CAPS, device=self.device)
         self._guarded = torch.tensor(views.GUARDED, device=self.device)
         self._nan = torch.tensor(float("nan"), device=self.device)
+        self._cov_views = torch.tensor(views.WITH_COVARIATES, device=self.device)
         self._layout = {
             name: (*self.store.field_slice(name), spec.dtype, spec.shape)
             for name, spec in self.store.specs.items()
@@ -340,8 +341,7 @@ class Engine:
         wild = outliers(norm, x, cfg.features.outlier_factor, cfg.features.max_magnitude)  # (n, F)
         z, mean, std = normalize(norm, x, cfg.features.clip)  # (n, F) each; an outlier at +-clip
         if fc > f:
-            # With covariates the step comes first: the covariates (and calendar) of this event
-            # and the key's previous target input give this event's forecast (training.py).
+            # Covariates: this event's covariates and the last target input forecast it (design.md).
             parts = [old["zprev"], self._covariates(old, new, inputs[:, f:fc], active)]
             pred = new["pred"]  # (n, 2, F) this event's forecast, fresh
             inp = torch.cat(parts + ([cal] if cal is not None else []), dim=1)  # (n, I)
@@ -384,6 +384,8 @@ class Engine:
             old["keyrec"], c_instant, same, missing, sc.error_horizon, record, out=new["keyrec"]
         )  # (n, 3)
         s = torch.cat([s_feat, s_key], dim=1)  # (n, V)
+        if fc > f:
+            s = s * self._cov_views  # (n, V) the covariates explain the reading's level (views.py)
         c = calibrate.evidence(calib, s)  # (n, V)
         evidence = scoring.combine(c, sc) * (steps >= sc.warmup)  # (n,)
         score = scoring.score(evidence)  # (n,)

@@ -27,7 +27,10 @@ gap        the same for readings with a missing value                           
 ========== ==================================================================== ================
 
 The first five are per feature (the key's statistic is the largest over its present features);
-the last three per key. The views' records learn from every event that is stepped, flagged ones
+the last three per key. Features are the model's targets only; covariates are never viewed. With
+covariates, the engine turns off the views of the reading's own level (level, shift, drift):
+the covariates move the level in ways the key's past does not foresee (demand in a heat wave),
+and the forecast-error views judge what the covariates do not explain. The views' records learn from every event that is stepped, flagged ones
 included (winsorised where one reading could dominate): a record of the stream as it is.
 """
 
@@ -44,6 +47,9 @@ NAMES = ("instant", "level", "shift", "drift", "variance", "sustained", "stuck",
 EXCESS_CAPS = (20.0, 20.0, 20.0, 20.0, 20.0, 20.0, 4.0, 4.0)
 # Views whose tails learn only from events that do not look anomalous (calibrate.py).
 GUARDED = (False, False, False, False, False, False, True, True)
+
+# The views a model with covariates uses (1) or turns off (0): not the reading's own level.
+WITH_COVARIATES = tuple(0.0 if v in (LEVEL, SHIFT, DRIFT) else 1.0 for v in range(N_VIEWS))
 
 # Per-key, per-feature record rows.
 Q, D, M5, M60, M600, KS, KD, V20, X_PREV, COUNT, D_COUNT = range(11)
