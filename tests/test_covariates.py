@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import torch
 from test_engine import run_in_batches
@@ -343,8 +344,6 @@ def test_replay_with_covariates_agrees_with_live_event_by_event(
 def test_produce_csv_sends_targets_and_covariates_in_values(tmp_path: Path) -> None:
     import argparse
 
-    import orjson
-
     from streamrnn.cli import produce as produce_cli
 
     (tmp_path / "site-3.csv").write_text(
@@ -364,3 +363,109 @@ def test_produce_csv_sends_targets_and_covariates_in_values(tmp_path: Path) -> N
     ]
     with pytest.raises(ValueError, match="--covariate-columns: needs --target-columns"):
         produce_cli._source(parser.parse_args([*base, "--covariate-columns", "temp"]))
+
+
+def test_alerts_carry_the_targets_only() -> None:
+    from streamrnn.service.alerts import event_messages
+    from streamrnn.service.decode import Batch
+
+    batch = Batch(
+        keys=["site-3"], times=np.array([1.7e9]), values=np.array([[812.0, 31.5]], np.float32),
+        index=np.array([0]), topics=["t"], partitions=np.array([0], np.int32),
+        offsets=np.array([5]),
+    )  # fmt: skip
+    (_, raw), = event_messages(
+        batch, np.array([0]), prediction=np.array([[700.0]]), scale=np.array([[20.0]]),
+        score=np.array([0.99]), flag=None, threshold=0.5, model_version="m",
+        feature_names=("demand",),
+    )  # fmt: skip
+    msg = orjson.loads(raw)
+    assert (msg["value"], msg["expected"], msg["scale"]) == (812.0, 700.0, 20.0)
+    assert "temp" not in raw.decode() and "31.5" not in raw.decode()
+
+
+def test_the_service_refuses_covariates_its_model_was_not_trained_with(tmp_path: Path) -> None:
+    from servicetools import model_dir, service_config
+
+    from streamrnn.service.app import Detector
+
+    raw = service_config("127.0.0.1:9", "t", "g", model_dir(), tmp_path / "state")
+    raw["input"] = {"covariates": ["temp"]}
+    with pytest.raises(
+        ConfigError, match=r"input.covariates: 'temp' is not a covariate of the model"
+    ):
+        Detector(load_config(raw))
+
+
+@pytest.mark.slow
+def test_a_reload_to_a_model_of_other_covariates_is_refused(weather_model, tmp_path: Path) -> None:
+    from servicetools import model_dir, service_config
+
+    from streamrnn.service.app import Detector
+    from streamrnn.service.worker import EngineSide
+
+    cov_dir = tmp_path / "model"
+    save_model(
+        cov_dir, weather_model.model, weather_model.config,
+        feature_names=weather_model.feature_names, covariate_names=weather_model.covariate_names,
+        metrics={}, data_summary={},
+    )  # fmt: skip
+    raw = service_config("127.0.0.1:9", "t", "g", cov_dir, tmp_path / "state")
+    raw["input"] = {"targets": ["demand"], "covariates": ["temp"]}
+    side = EngineSide(Detector(load_config(raw)).settings)
+    assert side.decoder.feature_names == ("demand", "temp")
+    r = side.reload(str(model_dir()))  # one target, no covariates
+    assert r.outcome == "refused" and "takes covariates ()" in r.detail and "(temp)" in r.detail
+    assert side.reload(str(cov_dir)).outcome == "ok"
+
+
+def test_train_cli_records_targets_and_covariates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamrnn.cli import main
+    from streamrnn.times import datetime64_texts
+    from streamrnn.tools.synth import weather_demand
+
+    s = weather_demand(1, 24 * 12, seed=2)[0]
+    with (tmp_path / "site.csv").open("w") as fh:
+        fh.write("timestamp,humidity,temp,demand\n")
+        for ts, t, d in zip(datetime64_texts(s.timestamps), s.temp, s.demand, strict=True):
+            fh.write(f"{ts},50,{float(t)!r},{float(d)!r}\n")
+    out = tmp_path / "model"
+    base = ["train", "--data", str(tmp_path / "site.csv"), "--out", str(out), "--epochs", "1"]
+    base += ["--hidden-size", "8", "--no-progress", "--target-columns", "demand"]
+    assert main([*base, "--covariate-columns", "temp"]) == 0
+    assert "features demand, covariates temp" in capsys.readouterr().out
+    info = json.loads((out / "model.json").read_text())
+    assert info["feature_names"] == ["demand"] and info["covariate_names"] == ["temp"]
+    assert load_model(out).config.input.covariates == ("temp",)
+    assert main([*base, "--covariate-columns", "wind"]) == 2
+    assert "value column(s) ['wind'] not found" in capsys.readouterr().err
+    # Without --target-columns every other column is a target; a covariate must exist.
+    assert main([*base[:-2], "--covariate-columns", "wind", "--value-columns", "temp,demand"]) == 2
+    assert "input.covariates: column 'wind' is not in the data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_explain_replays_a_covariate_model_with_its_covariates(
+    weather_model, tmp_path: Path
+) -> None:
+    from streamrnn.alerting.explain import replay_trace
+    from streamrnn.times import datetime64_texts
+    from streamrnn.tools.synth import weather_demand
+
+    model_dir = tmp_path / "model"
+    save_model(
+        model_dir, weather_model.model, weather_model.config,
+        feature_names=weather_model.feature_names, covariate_names=weather_model.covariate_names,
+        metrics={}, data_summary={},
+    )  # fmt: skip
+    s = weather_demand(1, 24 * 10, seed=80, **HOT)[0]
+    path = tmp_path / f"{s.key}.csv"
+    with path.open("w") as fh:
+        fh.write("timestamp,demand,temp\n")
+        for ts, d, t in zip(datetime64_texts(s.timestamps), s.demand, s.temp, strict=True):
+            fh.write(f"{ts},{float(d)!r},{float(t)!r}\n")
+    trace = replay_trace(s.key, str(model_dir), [str(path)])
+    assert trace.feature == "demand" and len(trace.times) == len(s)
+    assert np.isfinite(trace.expected[1:]).all()

@@ -232,7 +232,10 @@ def replay_trace(
     names = list(loaded.feature_names)
     if feature is not None and feature not in names:
         raise ConfigError(f"--feature: must be one of {', '.join(names)}, got {feature!r}")
-    series = load_series(data, key_column=key_column, time_column=time_column, value_columns=names)
+    columns = names + list(loaded.covariate_names)  # covariates steer the replay, never shown
+    series = load_series(
+        data, key_column=key_column, time_column=time_column, value_columns=columns
+    )
     mine = [s for s in series if s.key == key]
     if not mine:
         known = ", ".join(sorted(s.key for s in series)[:10])
