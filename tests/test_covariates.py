@@ -469,3 +469,79 @@ def test_explain_replays_a_covariate_model_with_its_covariates(
     trace = replay_trace(s.key, str(model_dir), [str(path)])
     assert trace.feature == "demand" and len(trace.times) == len(s)
     assert np.isfinite(trace.expected[1:]).all()
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_live_over_kafka_agrees_with_one_engine_run_with_covariates(
+    weather_model, kafka_broker, topic_name: str, tmp_path: Path
+) -> None:
+    """Events with demand and temperature (some temperatures missing, one event with no target)
+    through the broker and the detector: every score is the uninterrupted engine run's."""
+    from servicetools import ThreadedDetector, TopicReader, produce, service_config, wait_for
+
+    from streamrnn.service.app import Detector
+    from streamrnn.service.worker import EngineSide
+    from streamrnn.tools.broker import create_topics
+    from streamrnn.tools.synth import weather_demand
+
+    model_dir = tmp_path / "model"
+    save_model(
+        model_dir, weather_model.model, weather_model.config,
+        feature_names=weather_model.feature_names, covariate_names=weather_model.covariate_names,
+        metrics={}, data_summary={},
+    )  # fmt: skip
+    keys = weather_demand(3, 24 * 8, seed=81, heatwaves_per_key=1, **HOT)
+    events = []
+    for i in range(len(keys[0])):
+        for s in keys:
+            temp = None if i % 17 == 5 else float(s.temp[i])
+            events.append((s.key, float(s.epoch_seconds[i]), float(s.demand[i]), temp))
+    messages = [
+        (k.encode(), orjson.dumps({"key": k, "ts": t, "values": {"demand": d, "temp": x}}))
+        for k, t, d, x in events
+    ]
+    messages.append((b"x", orjson.dumps({"key": "x", "ts": 1.7e9, "values": {"temp": 3.0}})))
+    bs = kafka_broker.bootstrap_servers
+    create_topics(bs, {topic_name: 2})
+    sources = produce(bs, topic_name, messages)
+    raw = service_config(
+        bs, topic_name, f"g-{topic_name}", model_dir, tmp_path / "state",
+        scores_topic=f"{topic_name}.scores", engine_process=False,
+    )  # fmt: skip
+    raw["input"] = {"covariates": ["temp"]}
+    engine = EngineSide(Detector(load_config(raw)).settings).engine
+    vals = np.array([[d, np.nan if x is None else x] for _, _, d, x in events], np.float32)
+    ref = engine.process([e[0] for e in events], np.array([e[1] for e in events]), vals)
+
+    det = ThreadedDetector(raw)
+    try:
+        wait_for(
+            lambda: (
+                det.value("streamrnn_events_total", {"outcome": "processed"}) == len(events)
+                and det.value("streamrnn_events_total", {"outcome": "rejected"}) == 1
+            ),
+            60,
+            "every event processed, the one without its target rejected",
+        )
+        reader = TopicReader(bs, f"{topic_name}.scores")
+        recs = reader.read_until(lambda r: len(r) >= len(events), 30, "scores")
+        reader.close()
+        missing = sum(x is None for *_, x in events)
+        wait_for(
+            lambda: det.value("streamrnn_imputed_values_total") == missing,
+            10,
+            f"{missing} missing temperatures counted as imputed",
+        )
+    finally:
+        det.stop(timeout=60)
+    by_source = {
+        (m["source"]["partition"], m["source"]["offset"]): m
+        for m in (orjson.loads(r.value) for r in recs)
+    }
+    got = np.array([by_source[src]["score"] for src in sources[: len(events)]])
+    np.testing.assert_allclose(got, ref.score, atol=1e-6)
+    first = by_source[sources[0]]
+    assert (
+        first["value"] == pytest.approx(events[0][2]) and "temp" not in orjson.dumps(first).decode()
+    )
