@@ -242,6 +242,29 @@ def weather_model():
     return result
 
 
+@pytest.fixture(scope="module")
+def weather_dir(weather_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``weather_model`` as a model directory."""
+    out = tmp_path_factory.mktemp("weather") / "model"
+    r = weather_model
+    save_model(
+        out, r.model, r.config, feature_names=r.feature_names,
+        covariate_names=r.covariate_names, metrics={}, data_summary={},
+    )  # fmt: skip
+    return out
+
+
+def _write_csv(path: Path, header: str, timestamps: np.ndarray, *columns: np.ndarray) -> None:
+    """A CSV of ``timestamp`` and the columns (NaN as an empty cell)."""
+    from streamrnn.times import datetime64_texts
+
+    with path.open("w") as fh:
+        fh.write(header + "\n")
+        for ts, *row in zip(datetime64_texts(timestamps), *columns, strict=True):
+            cells = ["" if np.isnan(x) else repr(float(x)) for x in row]
+            fh.write(",".join([ts, *cells]) + "\n")
+
+
 def _stream(result, keys, demand: list[np.ndarray], temp: list[np.ndarray]):
     """Every key one event per batch, as the service sees them; flags and scores (T, K)."""
     engine = Engine(result.model, result.config)
@@ -294,20 +317,14 @@ def test_a_covariate_spike_alone_is_not_flagged(weather_model) -> None:
 
 @pytest.mark.slow
 def test_replay_with_covariates_agrees_with_live_event_by_event(
-    weather_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    weather_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import csv
 
     from streamrnn.cli import main
-    from streamrnn.times import datetime64_texts
     from streamrnn.tools.synth import weather_demand
 
-    model_dir = tmp_path / "model"
-    save_model(
-        model_dir, weather_model.model, weather_model.config,
-        feature_names=weather_model.feature_names, covariate_names=weather_model.covariate_names,
-        metrics={}, data_summary={},
-    )  # fmt: skip
+    model_dir = weather_dir
     keys = weather_demand(3, 24 * 20, seed=79, heatwaves_per_key=1, **HOT)
     data = tmp_path / "data"
     data.mkdir()
@@ -316,10 +333,7 @@ def test_replay_with_covariates_agrees_with_live_event_by_event(
         t = s.temp.copy()
         t[100:110] = np.nan  # the feed drops out for a while
         temps.append(t)
-        with (data / f"{s.key}.csv").open("w") as fh:
-            fh.write("timestamp,temp_c,load\n")
-            for ts, x, d in zip(datetime64_texts(s.timestamps), t, s.demand, strict=True):
-                fh.write(f"{ts},{'' if np.isnan(x) else repr(float(x))},{float(d)!r}\n")
+        _write_csv(data / f"{s.key}.csv", "timestamp,temp_c,load", s.timestamps, t, s.demand)
     out = tmp_path / "out"
     argv = ["replay", "--model", str(model_dir), "--data", str(data), "--out", str(out)]
     roles = ["--target-columns", "load", "--covariate-columns", "temp_c", "--batch-size", "50"]
@@ -398,18 +412,15 @@ def test_the_service_refuses_covariates_its_model_was_not_trained_with(tmp_path:
 
 
 @pytest.mark.slow
-def test_a_reload_to_a_model_of_other_covariates_is_refused(weather_model, tmp_path: Path) -> None:
+def test_a_reload_to_a_model_of_other_covariates_is_refused(
+    weather_dir: Path, tmp_path: Path
+) -> None:
     from servicetools import model_dir, service_config
 
     from streamrnn.service.app import Detector
     from streamrnn.service.worker import EngineSide
 
-    cov_dir = tmp_path / "model"
-    save_model(
-        cov_dir, weather_model.model, weather_model.config,
-        feature_names=weather_model.feature_names, covariate_names=weather_model.covariate_names,
-        metrics={}, data_summary={},
-    )  # fmt: skip
+    cov_dir = weather_dir
     raw = service_config("127.0.0.1:9", "t", "g", cov_dir, tmp_path / "state")
     raw["input"] = {"targets": ["demand"], "covariates": ["temp"]}
     side = EngineSide(Detector(load_config(raw)).settings)
@@ -423,14 +434,18 @@ def test_train_cli_records_targets_and_covariates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from streamrnn.cli import main
-    from streamrnn.times import datetime64_texts
     from streamrnn.tools.synth import weather_demand
 
     s = weather_demand(1, 24 * 12, seed=2)[0]
-    with (tmp_path / "site.csv").open("w") as fh:
-        fh.write("timestamp,humidity,temp,demand\n")
-        for ts, t, d in zip(datetime64_texts(s.timestamps), s.temp, s.demand, strict=True):
-            fh.write(f"{ts},50,{float(t)!r},{float(d)!r}\n")
+    humidity = np.full(len(s), 50.0)
+    _write_csv(
+        tmp_path / "site.csv",
+        "timestamp,humidity,temp,demand",
+        s.timestamps,
+        humidity,
+        s.temp,
+        s.demand,
+    )
     out = tmp_path / "model"
     base = ["train", "--data", str(tmp_path / "site.csv"), "--out", str(out), "--epochs", "1"]
     base += ["--hidden-size", "8", "--no-progress", "--target-columns", "demand"]
@@ -448,24 +463,15 @@ def test_train_cli_records_targets_and_covariates(
 
 @pytest.mark.slow
 def test_explain_replays_a_covariate_model_with_its_covariates(
-    weather_model, tmp_path: Path
+    weather_dir: Path, tmp_path: Path
 ) -> None:
     from streamrnn.alerting.explain import replay_trace
-    from streamrnn.times import datetime64_texts
     from streamrnn.tools.synth import weather_demand
 
-    model_dir = tmp_path / "model"
-    save_model(
-        model_dir, weather_model.model, weather_model.config,
-        feature_names=weather_model.feature_names, covariate_names=weather_model.covariate_names,
-        metrics={}, data_summary={},
-    )  # fmt: skip
+    model_dir = weather_dir
     s = weather_demand(1, 24 * 10, seed=80, **HOT)[0]
     path = tmp_path / f"{s.key}.csv"
-    with path.open("w") as fh:
-        fh.write("timestamp,demand,temp\n")
-        for ts, d, t in zip(datetime64_texts(s.timestamps), s.demand, s.temp, strict=True):
-            fh.write(f"{ts},{float(d)!r},{float(t)!r}\n")
+    _write_csv(path, "timestamp,demand,temp", s.timestamps, s.demand, s.temp)
     trace = replay_trace(s.key, str(model_dir), [str(path)])
     assert trace.feature == "demand" and len(trace.times) == len(s)
     assert np.isfinite(trace.expected[1:]).all()
@@ -474,7 +480,7 @@ def test_explain_replays_a_covariate_model_with_its_covariates(
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_live_over_kafka_agrees_with_one_engine_run_with_covariates(
-    weather_model, kafka_broker, topic_name: str, tmp_path: Path
+    weather_dir: Path, kafka_broker, topic_name: str, tmp_path: Path
 ) -> None:
     """Events with demand and temperature (some temperatures missing, one event with no target)
     through the broker and the detector: every score is the uninterrupted engine run's."""
@@ -485,12 +491,7 @@ def test_live_over_kafka_agrees_with_one_engine_run_with_covariates(
     from streamrnn.tools.broker import create_topics
     from streamrnn.tools.synth import weather_demand
 
-    model_dir = tmp_path / "model"
-    save_model(
-        model_dir, weather_model.model, weather_model.config,
-        feature_names=weather_model.feature_names, covariate_names=weather_model.covariate_names,
-        metrics={}, data_summary={},
-    )  # fmt: skip
+    model_dir = weather_dir
     keys = weather_demand(3, 24 * 8, seed=81, heatwaves_per_key=1, **HOT)
     events = []
     for i in range(len(keys[0])):
